@@ -1,0 +1,5 @@
+"""Allow ``python -m tundra``."""
+
+from tundra.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``tundra`` command line: parse, call one core service, render."""

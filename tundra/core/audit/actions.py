@@ -1,0 +1,33 @@
+"""Audit actions are data: ``domain:subject:verb``, one enum, nothing spelt by hand elsewhere."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    SYSTEM_INIT = "system:home:init"
+
+    KEYS_MASTER_ROTATE = "keys:master:rotate"
+    KEYS_DATA_ROTATE_START = "keys:data:rotate-start"
+    KEYS_DATA_ROTATE_FINISH = "keys:data:rotate-finish"
+
+    USER_CREATE = "identity:user:create"
+    USER_PASSWORD_CHANGE = "identity:user:password-change"
+    USER_PASSWORD_REHASH = "identity:user:password-rehash"
+    USER_DISABLE = "identity:user:disable"
+    USER_ENABLE = "identity:user:enable"
+    USER_LOGIN = "identity:user:login"
+    USER_LOGIN_FAILED = "identity:user:login-failed"
+    TOTP_ENROLL = "identity:totp:enroll"
+    TOTP_DISABLE = "identity:totp:disable"
+    TOTP_REPLAY_REFUSED = "identity:totp:replay-refused"
+    REAUTH_GRANT = "identity:reauth:grant"
+
+    TOKEN_CREATE = "identity:token:create"
+    TOKEN_REVOKE = "identity:token:revoke"
+    TOKEN_DENIED = "identity:token:denied"
+
+    SERVER_CREATE = "fleet:server:create"
+    SERVER_UPDATE = "fleet:server:update"
+    SERVER_DELETE = "fleet:server:delete"

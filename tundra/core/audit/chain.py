@@ -1,0 +1,122 @@
+"""The chain: canonical row encoding, the chain hash, redaction and the append under a lock.
+
+``chain_hash = SHA3-256(b"tundra-audit-v1" || u64be(seq) || prev_hash || canonical_json(row))``
+where ``prev_hash`` is the previous row's 32-byte hash (32 zero bytes before the first row) and
+the canonical JSON holds the row's fields (seq, occurred_at, actor, action, resource, request_id,
+details) with sorted keys, no spaces, UTF-8. See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tundra.core.clock import now_iso
+from tundra.core.storage.db import Transaction
+
+DOMAIN = b"tundra-audit-v1"
+GENESIS = "00" * 32
+FIELDS = ("seq", "occurred_at", "actor", "action", "resource", "request_id", "details")
+
+_SECRET_KEY = re.compile(
+    r"(^|_)(password|passwd|secret|plaintext|private_key|otp|totp_code|code|credential)s?($|_)",
+    re.IGNORECASE,
+)
+_TOKEN_LIKE = re.compile(r"tnd_[a-z0-9]{1,16}_[A-Za-z0-9_-]{43}")
+REDACTED = "[redacted]"
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def redact(details: Any) -> Any:
+    """Replace anything secret-looking in ``details``: by key name, and any API-token string."""
+    if isinstance(details, Mapping):
+        return {str(k): (REDACTED if _SECRET_KEY.search(str(k)) else redact(v))
+                for k, v in details.items()}
+    if isinstance(details, list | tuple):
+        return [redact(v) for v in details]
+    if isinstance(details, str):
+        return _TOKEN_LIKE.sub(REDACTED, details)
+    return details
+
+
+def chain_hash(row: Mapping[str, Any], prev_hash: str) -> str:
+    """The chain hash of ``row`` (with ``details`` as a mapping) after ``prev_hash`` (hex)."""
+    body = {name: row[name] for name in FIELDS}
+    digest = hashlib.sha3_256()
+    digest.update(DOMAIN)
+    digest.update(int(row["seq"]).to_bytes(8, "big"))
+    digest.update(bytes.fromhex(prev_hash))
+    digest.update(canonical_json(body))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """What a unit of work records; seq and hashes are assigned at append."""
+
+    action: str
+    resource: str
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    seq: int
+    occurred_at: str
+    actor: str
+    action: str
+    resource: str
+    request_id: str
+    details: Mapping[str, Any]
+    prev_hash: str
+    chain_hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "occurred_at": self.occurred_at, "actor": self.actor,
+            "action": self.action, "resource": self.resource, "request_id": self.request_id,
+            "details": dict(self.details), "prev_hash": self.prev_hash,
+            "chain_hash": self.chain_hash,
+        }
+
+    @classmethod
+    def from_db(cls, row: Mapping[str, Any]) -> AuditRow:
+        details = row["details"]
+        if isinstance(details, str):
+            details = json.loads(details)
+        return cls(seq=int(row["seq"]), occurred_at=row["occurred_at"], actor=row["actor"],
+                   action=row["action"], resource=row["resource"], request_id=row["request_id"],
+                   details=details, prev_hash=row["prev_hash"], chain_hash=row["chain_hash"])
+
+
+def append(tx: Transaction, *, actor: str, request_id: str,
+           events: Sequence[AuditEvent]) -> list[AuditRow]:
+    """Append ``events`` to the chain inside ``tx``, holding the audit lock until commit."""
+    tx.lock_audit()
+    head = tx.fetchone("SELECT seq, chain_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+    seq, prev = (int(head["seq"]), head["chain_hash"]) if head else (0, GENESIS)
+    written = []
+    for event in events:
+        seq += 1
+        details = redact(dict(event.details))
+        fields = {"seq": seq, "occurred_at": now_iso(), "actor": actor, "action": str(event.action),
+                  "resource": event.resource, "request_id": request_id, "details": details}
+        digest = chain_hash(fields, prev)
+        tx.execute(
+            "INSERT INTO audit_log (seq, occurred_at, actor, action, resource, request_id,"
+            " details, prev_hash, chain_hash) VALUES (:seq, :occurred_at, :actor, :action,"
+            " :resource, :request_id, :details, :prev_hash, :chain_hash)",
+            {**fields, "details": canonical_json(details).decode("utf-8"), "prev_hash": prev,
+             "chain_hash": digest},
+        )
+        written.append(AuditRow(**fields, prev_hash=prev, chain_hash=digest))
+        prev = digest
+    return written

@@ -1,0 +1,1 @@
+"""Cryptography: master key, keyring, envelope encryption, passwords, signing keys."""

@@ -1,0 +1,1 @@
+"""Storage: the relational database (SQLite or PostgreSQL) and the KV store (embedded or Valkey)."""

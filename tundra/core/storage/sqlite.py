@@ -1,0 +1,110 @@
+"""The embedded database: stdlib ``sqlite3`` in WAL mode, one connection per thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tundra.core.errors import StorageUnavailable
+from tundra.core.storage.db import Database, Params, Row, Transaction, UniqueViolation
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+def connect_sqlite(path: str | Path) -> sqlite3.Connection:
+    """A connection with Tundra's pragmas: WAL, full sync, foreign keys, a long busy timeout."""
+    try:
+        conn = sqlite3.connect(
+            str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"cannot open the SQLite database {path}: {exc}") from exc
+    return conn
+
+
+def _dict_rows(cursor: sqlite3.Cursor, rows: list[Any]) -> list[Row]:
+    names = [d[0] for d in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+class SqliteTransaction(Transaction):
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _run(self, sql: str, params: Params | None) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, dict(params or {}))
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+                raise UniqueViolation(str(exc)) from exc
+            raise
+
+    def execute(self, sql: str, params: Params | None = None) -> int:
+        return self._run(sql, params).rowcount
+
+    def fetchall(self, sql: str, params: Params | None = None) -> list[Row]:
+        cursor = self._run(sql, params)
+        return _dict_rows(cursor, cursor.fetchall())
+
+    def iterate(self, sql: str, params: Params | None = None, *, size: int = 500) -> Iterator[Row]:
+        cursor = self._run(sql, params)
+        while batch := cursor.fetchmany(size):
+            yield from _dict_rows(cursor, batch)
+
+    def lock_audit(self) -> None:
+        # Write transactions already hold SQLite's single write lock (BEGIN IMMEDIATE).
+        if not self._conn.in_transaction:
+            raise RuntimeError("lock_audit outside a transaction")
+
+    def lock_migrations(self) -> None:
+        self.lock_audit()
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.label = f"sqlite:{self.path}"
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect_sqlite(self.path)
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
+        conn = self._conn()
+        if conn.in_transaction:
+            raise RuntimeError("nested transactions are not supported")
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"the SQLite database {self.path} is unavailable: {exc}") from exc
+        try:
+            yield SqliteTransaction(conn)
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
