@@ -73,3 +73,13 @@ def initialize(services: Services, *, admin_name: str | None, admin_password: st
         with unit_of_work(services.db, SYSTEM) as uow:
             uow.record(Action.SYSTEM_INIT, f"home:{settings.home}", {"created": report.created})
     return report
+
+
+def needs_first_admin(services: Services) -> bool:
+    """True when ``initialize`` will need the first administrator's name and password."""
+    settings = services.settings
+    if not settings.database_url and not settings.sqlite_path.exists():
+        return True
+    if services.db.schema_version() == 0:
+        return True
+    return services.users.count() == 0

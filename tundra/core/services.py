@@ -39,7 +39,7 @@ class Services:
     def keys(self) -> KeyService:
         from tundra.core.crypto.keyring import KeyService
 
-        return KeyService(self.settings, self.db)
+        return KeyService(self)
 
     @cached_property
     def passwords(self) -> PasswordHasher:

@@ -7,7 +7,7 @@ CREATE TABLE meta (
 );
 
 CREATE TABLE keyring (
-    term INTEGER PRIMARY KEY,
+    term BIGINT PRIMARY KEY,
     wrapped BYTEA NOT NULL,
     created_at TEXT NOT NULL
 );

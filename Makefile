@@ -1,0 +1,47 @@
+# The README's two commands are `make run` and `make test`; everything else is for developers.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The demo keeps its state in the checkout unless TUNDRA_HOME says otherwise.
+export TUNDRA_HOME ?= $(CURDIR)/tundra-home
+
+.PHONY: run test pytest lint format typecheck completions bench clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## Set up, then run Tundra's main job on the embedded default (SQLite + embedded KV).
+run: $(VENV)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/tour.sh
+
+## Set up, then run every check: ruff, mypy, the layering contract and the test suite.
+test: $(VENV)/.installed lint typecheck pytest
+
+pytest: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check tundra
+	$(BIN)/lint-imports
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format tundra
+	$(BIN)/ruff check --fix .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+completions: $(VENV)/.installed
+	for shell in bash zsh fish; do $(BIN)/tundra completions $$shell > completions/tundra.$$shell; done
+
+bench: $(VENV)/.installed
+	for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+clean-demo:
+	rm -rf "$(TUNDRA_HOME)"

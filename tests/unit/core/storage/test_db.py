@@ -1,0 +1,127 @@
+"""The storage layer behaves the same on SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tundra.core.settings import Settings
+from tundra.core.storage.db import UniqueViolation, load_migrations, open_database, redact_url, split_sql
+
+
+@pytest.fixture
+def db(settings: Settings):
+    settings.home.mkdir(parents=True)
+    database = open_database(settings.database_url, sqlite_path=str(settings.sqlite_path))
+    database.migrate()
+    yield database
+    database.close()
+
+
+def test_migrations_apply_once_and_record_versions(db) -> None:
+    assert db.schema_version() == max(v for v, _, _ in load_migrations(db.dialect))
+    assert db.migrate() == []
+    with db.read() as tx:
+        names = [r["name"] for r in tx.fetchall("SELECT name FROM schema_migrations")]
+    assert names == ["initial"]
+
+
+def test_both_dialects_have_the_same_migration_versions() -> None:
+    sqlite = [(v, n) for v, n, _ in load_migrations("sqlite")]
+    postgres = [(v, n) for v, n, _ in load_migrations("postgresql")]
+    assert sqlite == postgres
+
+
+def test_named_parameters_round_trip_text_bytes_and_integers(db) -> None:
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES (:k, :v)", {"k": "a:b", "v": "50% off"})
+        tx.execute(
+            "INSERT INTO keyring (term, wrapped, created_at) VALUES (:t, :w, :c)",
+            {"t": 2**31 + 5, "w": b"\x00\xffbytes", "c": "2026-01-01T00:00:00.000000Z"},
+        )
+    with db.read() as tx:
+        assert tx.fetchval("SELECT value FROM meta WHERE key = :k", {"k": "a:b"}) == "50% off"
+        row = tx.fetchone("SELECT * FROM keyring WHERE term = :t", {"t": 2**31 + 5})
+    assert row is not None
+    assert bytes(row["wrapped"]) == b"\x00\xffbytes"
+
+
+def test_exception_rolls_back_the_whole_transaction(db) -> None:
+    with pytest.raises(RuntimeError), db.transaction() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('x', '1')")
+        raise RuntimeError("boom")
+    with db.read() as tx:
+        assert tx.fetchval("SELECT count(*) FROM meta WHERE key = 'x'") == 0
+
+
+def test_unique_violation_is_one_exception_on_both_drivers(db) -> None:
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('dup', '1')")
+    with pytest.raises(UniqueViolation), db.transaction() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('dup', '2')")
+
+
+def test_iterate_streams_every_row_in_batches(db) -> None:
+    with db.transaction() as tx:
+        for i in range(1234):
+            tx.execute("INSERT INTO meta (key, value) VALUES (:k, :v)", {"k": f"k{i:05}", "v": str(i)})
+    with db.read() as tx:
+        keys = [r["key"] for r in tx.iterate("SELECT key FROM meta ORDER BY key", size=100)]
+    assert len(keys) == 1234 and keys[0] == "k00000" and keys[-1] == "k01233"
+
+
+def test_connections_are_per_thread(db) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(20):
+                with db.transaction() as tx:
+                    tx.execute("INSERT INTO meta (key, value) VALUES (:k, 'v')", {"k": f"t{n}-{i}"})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.read() as tx:
+        assert tx.fetchval("SELECT count(*) FROM meta WHERE key LIKE 't%'") == 80
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    database = open_database("", sqlite_path=str(tmp_path / "x.db"))
+    with database.read() as tx:
+        assert tx.fetchval("PRAGMA journal_mode") == "wal"
+
+
+def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
+    from tundra.core.errors import StorageUnavailable
+
+    database = open_database("postgresql://tundra:s3cret-pw@127.0.0.1:1/none")
+    with pytest.raises(StorageUnavailable) as info, database.read():
+        pass
+    assert "s3cret-pw" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value)
+
+
+def test_unsupported_scheme_is_a_config_error() -> None:
+    from tundra.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mysql"):
+        open_database("mysql://x/y")
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_split_sql_keeps_statements_whole() -> None:
+    script = "-- comment\nCREATE TABLE a (x INTEGER);\n\nCREATE INDEX i ON a(x);\n"
+    assert split_sql(script) == ["CREATE TABLE a (x INTEGER)", "CREATE INDEX i ON a(x)"]

@@ -1,0 +1,1 @@
+"""The fleet: managed servers (and, in a later slice, their agents, sites and databases)."""
