@@ -119,3 +119,19 @@ def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     for key in client.scan_iter(match=prefix + "*"):
         client.delete(key)
     store.close()  # type: ignore[attr-defined]
+
+
+ADMIN_NAME = "admin"
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[object]:
+    """Services on an initialised home (master key, keyring, first admin) for each database."""
+    from tundra.core.home import initialize
+    from tundra.core.services import Services
+
+    svc = Services(settings)
+    initialize(svc, admin_name=ADMIN_NAME, admin_password=ADMIN_PASSWORD)
+    yield svc
+    svc.close()

@@ -41,6 +41,8 @@ def initialize(services: Services, *, admin_name: str | None, admin_password: st
     report = InitReport(home=str(settings.home), database=settings.database_label)
 
     make_private_dir(settings.home)
+    if not settings.database_url and not settings.sqlite_path.exists():
+        settings.sqlite_path.touch(mode=0o600)
     applied = services.db.migrate()
     (report.created if applied else report.existing).append("database schema")
 

@@ -110,11 +110,14 @@ class Database(ABC):
         return applied
 
     def schema_version(self) -> int:
-        with self.read() as tx:
-            try:
+        """The newest applied migration; 0 for a database Tundra has not set up."""
+        from tundra.core.errors import NotInitialized
+
+        try:
+            with self.read() as tx:
                 return int(tx.fetchval("SELECT max(version) FROM schema_migrations") or 0)
-            except Exception:  # noqa: BLE001 - no table yet means version 0
-                return 0
+        except NotInitialized:
+            return 0
 
 
 def load_migrations(dialect: str) -> list[tuple[int, str, list[str]]]:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from tundra.core.errors import StorageUnavailable
+from tundra.core.errors import NotInitialized, StorageUnavailable
 from tundra.core.storage.db import (
     AUDIT_LOCK_KEY,
     MIGRATION_LOCK_KEY,
@@ -46,6 +46,9 @@ class PostgresTransaction(Transaction):
             return self._conn.execute(sql.replace("%", "%%") if "%" in sql else sql)  # type: ignore[arg-type]
         except psycopg.errors.UniqueViolation as exc:
             raise UniqueViolation(str(exc)) from exc
+        except psycopg.errors.UndefinedTable as exc:
+            raise NotInitialized(f"the database has no Tundra schema ({str(exc).strip()})",
+                                 hint="run `tundra init`") from exc
 
     def execute(self, sql: str, params: Params | None = None) -> int:
         return self._cursor(sql, params).rowcount

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tundra.core.errors import StorageUnavailable
+from tundra.core.errors import NotInitialized, StorageUnavailable
 from tundra.core.storage.db import Database, Params, Row, Transaction, UniqueViolation
 
 BUSY_TIMEOUT_MS = 60_000
@@ -45,6 +45,11 @@ class SqliteTransaction(Transaction):
     def _run(self, sql: str, params: Params | None) -> sqlite3.Cursor:
         try:
             return self._conn.execute(sql, dict(params or {}))
+        except sqlite3.OperationalError as exc:
+            if str(exc).startswith("no such table"):
+                raise NotInitialized(f"the database has no Tundra schema ({exc})",
+                                     hint="run `tundra init`") from exc
+            raise
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
                 raise UniqueViolation(str(exc)) from exc
@@ -82,6 +87,9 @@ class SqliteDatabase(Database):
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            if not self.path.exists():
+                raise NotInitialized(f"no Tundra database at {self.path}",
+                                     hint="run `tundra init`, or set TUNDRA_HOME")
             conn = connect_sqlite(self.path)
             self._local.conn = conn
         return conn

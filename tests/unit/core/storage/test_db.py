@@ -13,6 +13,7 @@ from tundra.core.storage.db import UniqueViolation, load_migrations, open_databa
 @pytest.fixture
 def db(settings: Settings):
     settings.home.mkdir(parents=True)
+    settings.sqlite_path.touch()
     database = open_database(settings.database_url, sqlite_path=str(settings.sqlite_path))
     database.migrate()
     yield database
@@ -95,9 +96,11 @@ def test_connections_are_per_thread(db) -> None:
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    (tmp_path / "x.db").touch()
     database = open_database("", sqlite_path=str(tmp_path / "x.db"))
     with database.read() as tx:
         assert tx.fetchval("PRAGMA journal_mode") == "wal"
+    database.close()
 
 
 def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
@@ -125,3 +128,22 @@ def test_redact_url_hides_only_the_password() -> None:
 def test_split_sql_keeps_statements_whole() -> None:
     script = "-- comment\nCREATE TABLE a (x INTEGER);\n\nCREATE INDEX i ON a(x);\n"
     assert split_sql(script) == ["CREATE TABLE a (x INTEGER)", "CREATE INDEX i ON a(x)"]
+
+
+def test_missing_sqlite_file_says_to_run_init(tmp_path) -> None:
+    from tundra.core.errors import NotInitialized
+
+    database = open_database("", sqlite_path=str(tmp_path / "absent.db"))
+    with pytest.raises(NotInitialized, match="tundra init"), database.read():
+        pass
+    assert database.schema_version() == 0
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_schema_version_of_an_empty_database_is_zero(database_url, tmp_path) -> None:
+    (tmp_path / "e.db").touch()
+    database = open_database(database_url, sqlite_path=str(tmp_path / "e.db"))
+    assert database.schema_version() == 0
+    with database.read() as tx:  # the connection is still usable afterwards
+        assert tx.fetchval("SELECT 1") == 1
+    database.close()
