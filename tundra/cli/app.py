@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("tundra.cli.tokens", "Create, list and revoke API tokens."),
     "key": ("tundra.cli.keys", "Inspect, verify and rotate the master key and data keys."),
     "audit": ("tundra.cli.audit", "List, export, verify and checkpoint the audit log."),
+    "serve": ("tundra.cli.serve", "Run the control plane: HTTPS panel and API, HTTP redirect."),
+    "tls": ("tundra.cli.tls", "Inspect and renew the panel's TLS certificate."),
     "completions": ("tundra.cli.completions", "Print the shell completion script."),
 }
 
@@ -33,8 +35,10 @@ class LazyGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         """One boundary: every expected error becomes one line on stderr and an exit code."""
         try:
-            super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                         standalone_mode=False, **extra)
+            # Without standalone mode click returns a command's exit code (typer.Exit) instead
+            # of exiting; pass it on.
+            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                  standalone_mode=False, **extra)
         except TundraError as exc:
             _fail(str(exc), exit_status_for(exc))
         except click.exceptions.Abort:
@@ -50,11 +54,12 @@ class LazyGroup(click.Group):
         except BrokenPipeError:
             sys.exit(0)
         except Exception as exc:
+            _typer_boundary(exc)
             if os.environ.get("TUNDRA_DEBUG"):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (set TUNDRA_DEBUG=1 for a "
                   "traceback and please report it)", ExitStatus.INTERNAL)
-        sys.exit(0)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -85,6 +90,33 @@ def cli(home: str | None) -> None:
     """Tundra: the control plane for Linux servers, secure by proof."""
     if home:
         os.environ["TUNDRA_HOME"] = home
+
+
+def _typer_boundary(exc: Exception) -> None:
+    """Map typer's own Exit/Abort and its vendored click (``typer._click``) errors like click's.
+
+    Recent typer releases ship a private copy of click, so a missing or unknown option in a typer
+    sub-command is not a ``click.ClickException``. Returns only for any other exception.
+    """
+    if not type(exc).__module__.startswith("typer."):
+        return
+    from typer import exceptions as typer_exceptions
+    from typer._click import exceptions as vendored
+
+    if isinstance(exc, typer_exceptions.Exit):
+        sys.exit(exc.exit_code)
+    if isinstance(exc, typer_exceptions.Abort):
+        _fail("aborted", ExitStatus.FAILURE)
+    if isinstance(exc, vendored.NoArgsIsHelpError):
+        # With rich installed typer has printed the help already; the message is then empty.
+        if exc.format_message().strip():
+            sys.stderr.write(exc.format_message() + "\n")
+        sys.exit(int(ExitStatus.USAGE))
+    if isinstance(exc, vendored.ClickException):
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, vendored.UsageError) and ctx is not None:
+            sys.stderr.write(ctx.get_usage() + "\n")
+        _fail(exc.format_message(), ExitStatus.USAGE)
 
 
 def _fail(message: str, status: ExitStatus) -> None:

@@ -10,7 +10,8 @@ from tundra.cli.context import principal, services
 from tundra.cli.output import print_fields, print_json, print_table, success
 
 app = typer.Typer(help="Manage the fleet inventory.", no_args_is_help=True,
-                  add_completion=False)
+                  add_completion=False,
+                  epilog="Example: tundra server add web-1 --address 203.0.113.10 --tag prod")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
