@@ -18,9 +18,13 @@ if TYPE_CHECKING:
     from tundra.core.crypto.keyring import KeyService
     from tundra.core.crypto.passwords import PasswordHasher
     from tundra.core.fleet.servers import ServerService
+    from tundra.core.identity.csrf import CsrfService
     from tundra.core.identity.reauth import ReauthService
+    from tundra.core.identity.sessions import SessionService
     from tundra.core.identity.tokens import TokenService
+    from tundra.core.identity.totp import TotpService
     from tundra.core.identity.users import UserService
+    from tundra.core.pki.service import PkiService
 
 
 class Services:
@@ -55,10 +59,28 @@ class Services:
         return UserService(self)
 
     @cached_property
+    def totp(self) -> TotpService:
+        from tundra.core.identity.totp import TotpService
+
+        return TotpService(self)
+
+    @cached_property
     def reauth(self) -> ReauthService:
         from tundra.core.identity.reauth import ReauthService
 
         return ReauthService(self)
+
+    @cached_property
+    def csrf(self) -> CsrfService:
+        from tundra.core.identity.csrf import CsrfService
+
+        return CsrfService(self)
+
+    @cached_property
+    def sessions(self) -> SessionService:
+        from tundra.core.identity.sessions import SessionService
+
+        return SessionService(self)
 
     @cached_property
     def tokens(self) -> TokenService:
@@ -73,13 +95,19 @@ class Services:
         return ServerService(self)
 
     @cached_property
+    def pki(self) -> PkiService:
+        from tundra.core.pki.service import PkiService
+
+        return PkiService(self)
+
+    @cached_property
     def audit(self) -> AuditService:
         from tundra.core.audit.service import AuditService
 
         return AuditService(self)
 
     def close(self) -> None:
-        for name in ("db", "kv"):
+        for name in ("keys", "db", "kv"):
             if name in self.__dict__:
                 self.__dict__[name].close()
 

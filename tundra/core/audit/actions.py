@@ -8,8 +8,10 @@ from enum import StrEnum
 class Action(StrEnum):
     SYSTEM_INIT = "system:home:init"
 
+    KEYS_KEYRING_INIT = "keys:keyring:init"
     KEYS_MASTER_ROTATE = "keys:master:rotate"
     KEYS_DATA_ROTATE_START = "keys:data:rotate-start"
+    KEYS_DATA_REWRAP = "keys:data:rewrap"
     KEYS_DATA_ROTATE_FINISH = "keys:data:rotate-finish"
 
     USER_CREATE = "identity:user:create"
@@ -22,11 +24,17 @@ class Action(StrEnum):
     TOTP_ENROLL = "identity:totp:enroll"
     TOTP_DISABLE = "identity:totp:disable"
     TOTP_REPLAY_REFUSED = "identity:totp:replay-refused"
+    TOTP_VERIFY = "identity:totp:verify"
     REAUTH_GRANT = "identity:reauth:grant"
+    SESSION_CREATE = "identity:session:create"
+    SESSION_LOGOUT = "identity:session:logout"
 
     TOKEN_CREATE = "identity:token:create"
     TOKEN_REVOKE = "identity:token:revoke"
     TOKEN_DENIED = "identity:token:denied"
+
+    PKI_CA_CREATE = "pki:ca:create"
+    TLS_CERT_ISSUE = "pki:tls-cert:issue"
 
     SERVER_CREATE = "fleet:server:create"
     SERVER_UPDATE = "fleet:server:update"
