@@ -77,7 +77,11 @@ class Database(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread ends)."""
+        """Close every connection this database opened, in any thread (at shutdown)."""
+
+    @abstractmethod
+    def close_thread(self) -> None:
+        """Close the calling thread's connection only (a worker thread that is finishing)."""
 
     def read(self) -> AbstractContextManager[Transaction]:
         return self.transaction(write=False)

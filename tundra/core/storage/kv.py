@@ -48,7 +48,11 @@ class KV(ABC):
         """Seconds left, None for a missing key; ``float('inf')`` for a key without expiry."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release every connection (at shutdown)."""
+
+    def close_thread(self) -> None:
+        """Release the calling thread's connection, where connections are per thread."""
 
     @contextmanager
     def lock(self, name: str, *, ttl: float = 30.0) -> Iterator[None]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tundra.core.storage.connections import ThreadConnections
 from tundra.core.storage.kv import KV
 from tundra.core.storage.sqlite import connect_sqlite
 
@@ -28,17 +28,17 @@ class SqliteKV(KV):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.label = f"sqlite:{self.path}"
-        self._local = threading.local()
+        self._connections = ThreadConnections(self._open)
         self._ops = 0
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect_sqlite(self.path)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(_SCHEMA)
-            self._local.conn = conn
+    def _open(self) -> sqlite3.Connection:
+        conn = connect_sqlite(self.path)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(_SCHEMA)
         return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._connections.get()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -75,7 +75,11 @@ class SqliteKV(KV):
             "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
             (key, time.time()),
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        # Counters are stored as text (so SQL can add to them); Valkey returns them as bytes too.
+        value = row[0]
+        return value.encode() if isinstance(value, str) else bytes(value)
 
     def set(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
         with self._tx() as conn:
@@ -135,7 +139,8 @@ class SqliteKV(KV):
         return math.inf if row[0] is None else row[0] - now
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close every connection this store opened, in any thread."""
+        self._connections.close_all()
+
+    def close_thread(self) -> None:
+        self._connections.close_thread()

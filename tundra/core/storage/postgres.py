@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -13,6 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tundra.core.errors import NotInitialized, StorageUnavailable
+from tundra.core.storage.connections import ThreadConnections
 from tundra.core.storage.db import (
     AUDIT_LOCK_KEY,
     MIGRATION_LOCK_KEY,
@@ -74,20 +74,20 @@ class PostgresDatabase(Database):
     def __init__(self, url: str) -> None:
         self.url = url
         self.label = redact_url(url)
-        self._local = threading.local()
+        self._connections: ThreadConnections[psycopg.Connection[Any]] = ThreadConnections(
+            self._open)
+
+    def _open(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                                   connect_timeout=10)
+        except psycopg.Error as exc:
+            raise StorageUnavailable(
+                f"cannot connect to PostgreSQL at {self.label}: {str(exc).strip()}"
+            ) from exc
 
     def _conn(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            try:
-                conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                                       connect_timeout=10)
-            except psycopg.Error as exc:
-                raise StorageUnavailable(
-                    f"cannot connect to PostgreSQL at {self.label}: {str(exc).strip()}"
-                ) from exc
-            self._local.conn = conn
-        return conn
+        return self._connections.get(usable=lambda conn: not conn.closed)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
@@ -100,7 +100,7 @@ class PostgresDatabase(Database):
             raise StorageUnavailable(f"PostgreSQL at {self.label} failed: {exc}") from exc
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close_all()
+
+    def close_thread(self) -> None:
+        self._connections.close_thread()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tundra.core.errors import NotInitialized, StorageUnavailable
+from tundra.core.storage.connections import ThreadConnections
 from tundra.core.storage.db import Database, Params, Row, Transaction, UniqueViolation
 
 BUSY_TIMEOUT_MS = 60_000
@@ -23,12 +24,28 @@ def connect_sqlite(path: str | Path) -> sqlite3.Connection:
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _ensure_wal(conn)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error as exc:
         raise StorageUnavailable(f"cannot open the SQLite database {path}: {exc}") from exc
     return conn
+
+
+def _ensure_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL once. The switch needs a moment of exclusive access, and SQLite reports a
+    concurrent first open as "database is locked" without waiting, so retry for a while."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _dict_rows(cursor: sqlite3.Cursor, rows: list[Any]) -> list[Row]:
@@ -82,17 +99,16 @@ class SqliteDatabase(Database):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.label = f"sqlite:{self.path}"
-        self._local = threading.local()
+        self._connections = ThreadConnections(self._open)
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise NotInitialized(f"no Tundra database at {self.path}",
+                                 hint="run `tundra init`, or set TUNDRA_HOME")
+        return connect_sqlite(self.path)
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if not self.path.exists():
-                raise NotInitialized(f"no Tundra database at {self.path}",
-                                     hint="run `tundra init`, or set TUNDRA_HOME")
-            conn = connect_sqlite(self.path)
-            self._local.conn = conn
-        return conn
+        return self._connections.get()
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
@@ -112,7 +128,7 @@ class SqliteDatabase(Database):
             conn.commit()
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close_all()
+
+    def close_thread(self) -> None:
+        self._connections.close_thread()

@@ -64,6 +64,37 @@ def test_counter_starts_at_one_and_keeps_its_first_ttl(kv) -> None:
     assert kv.incr("fails", ttl=0.5) == 1
 
 
+def test_a_counter_reads_back_as_bytes(kv) -> None:
+    kv.incr("c", ttl=5)
+    kv.incr("c", ttl=5)
+    assert kv.get("c") == b"2"
+
+
+def test_many_threads_opening_a_new_embedded_store_at_once(tmp_path: Path) -> None:
+    import threading
+
+    from tundra.core.storage.kv_sqlite import SqliteKV
+
+    for attempt in range(10):
+        store = SqliteKV(tmp_path / f"fresh-{attempt}.db")
+        failures: list[BaseException] = []
+
+        def touch(n: int) -> None:
+            try:
+                store.set_if_absent(f"k{n}", b"v", ttl=5)
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+            finally:
+                store.close_thread()
+
+        threads = [threading.Thread(target=touch, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+
+
 def test_delete_if_equals_only_deletes_the_expected_value(kv) -> None:
     kv.set("lock", b"mine")
     assert kv.delete_if_equals("lock", b"theirs") is False
