@@ -28,6 +28,9 @@ class Principal:
     #: Resource restrictions of a token: {"server": ("web-1",)}.
     resources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     token_id: str | None = None
+    #: The panel session a USER principal acts through (its handle, the SHA-256 of the session
+    #: id, never the id): re-authentication freshness is then that session's own.
+    session: str | None = None
 
     @property
     def actor(self) -> str:

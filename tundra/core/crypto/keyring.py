@@ -323,7 +323,10 @@ class KeyService:
     def rotate_master(
         self, principal: Principal, *, request_id: str | None = None
     ) -> MasterRotationResult:
-        """Re-wrap the keyring under a new master key (sensitive: needs a fresh authentication)."""
+        """Re-wrap the keyring under a new master key (admins only; needs a fresh authentication)."""
+        from tundra.core.identity.users import require_admin
+
+        require_admin(self._services, principal, request_id=request_id)
         self._services.reauth.require_fresh_auth(principal)
         from tundra.core.crypto.rotation import rotate_master
 
@@ -336,7 +339,11 @@ class KeyService:
         progress: Callable[[int, int], None] | None = None,
         request_id: str | None = None,
     ) -> DataRotationResult:
-        """Add a data key term and move every encrypted value to it; resumable (sensitive)."""
+        """Add a data key term and move every encrypted value to it; resumable (admins only;
+        sensitive)."""
+        from tundra.core.identity.users import require_admin
+
+        require_admin(self._services, principal, request_id=request_id)
         self._services.reauth.require_fresh_auth(principal)
         from tundra.core.crypto.rotation import rotate_data
 

@@ -90,10 +90,12 @@ class ServerService:
     def __init__(self, services: Services) -> None:
         self._services = services
 
-    def _require(self, principal: Principal, scope: str, name: str | None = None) -> None:
+    def _require(self, principal: Principal, scope: str, name: str | None = None, *,
+                 request_id: str | None = None) -> None:
         from tundra.core.identity.scopes import require
 
-        require(self._services, principal, scope, ("server", name) if name else None)
+        require(self._services, principal, scope, ("server", name) if name else None,
+                request_id=request_id)
 
     def _visible(self, principal: Principal, servers: list[Server]) -> list[Server]:
         allowed = principal.resources.get("server")
@@ -101,8 +103,9 @@ class ServerService:
             return servers
         return [s for s in servers if s.name in allowed]
 
-    def list(self, principal: Principal, *, tag: str | None = None) -> list[Server]:
-        self._require(principal, "servers:read")
+    def list(self, principal: Principal, *, tag: str | None = None,
+             request_id: str | None = None) -> list[Server]:
+        self._require(principal, "servers:read", request_id=request_id)
         with self._services.db.read() as tx:
             rows = tx.fetchall("SELECT * FROM servers ORDER BY name")
         servers = [Server.from_row(r) for r in rows]
@@ -110,8 +113,8 @@ class ServerService:
             servers = [s for s in servers if tag in s.tags]
         return self._visible(principal, servers)
 
-    def get(self, principal: Principal, name: str) -> Server:
-        self._require(principal, "servers:read", name)
+    def get(self, principal: Principal, name: str, *, request_id: str | None = None) -> Server:
+        self._require(principal, "servers:read", name, request_id=request_id)
         with self._services.db.read() as tx:
             row = tx.fetchone("SELECT * FROM servers WHERE name = :name", {"name": name})
         if row is None:
@@ -121,7 +124,7 @@ class ServerService:
     def add(self, principal: Principal, *, name: str, address: str, tags: Sequence[str] = (),
             request_id: str | None = None) -> Server:
         validate_name(name)
-        self._require(principal, "servers:write", name)
+        self._require(principal, "servers:write", name, request_id=request_id)
         now = now_iso()
         server = Server(id=new_id(), name=name, address=validate_address(address),
                         tags=validate_tags(tags), status=STATUS_PENDING,
@@ -141,7 +144,7 @@ class ServerService:
 
     def update(self, principal: Principal, name: str, *, address: str | None = None,
                tags: Sequence[str] | None = None, request_id: str | None = None) -> Server:
-        self._require(principal, "servers:write", name)
+        self._require(principal, "servers:write", name, request_id=request_id)
         changes: dict[str, Any] = {}
         if address is not None:
             changes["address"] = validate_address(address)
@@ -171,7 +174,7 @@ class ServerService:
 
     def remove(self, principal: Principal, name: str, *, request_id: str | None = None) -> Server:
         """Remove a server: a sensitive operation (fresh authentication; never a token)."""
-        self._require(principal, "servers:write", name)
+        self._require(principal, "servers:write", name, request_id=request_id)
         self._services.reauth.require_fresh_auth(principal)
         with unit_of_work(self._services.db, principal, request_id=request_id) as uow:
             row = uow.fetchone("SELECT * FROM servers WHERE name = :name", {"name": name})

@@ -1,0 +1,1 @@
+"""Identity: users and passwords, TOTP, re-authentication, API tokens and their scopes."""
