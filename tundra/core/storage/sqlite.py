@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tundra.core.errors import NotInitialized, StorageUnavailable
+from tundra.core.errors import IntegrityError, NotInitialized, StorageUnavailable
 from tundra.core.storage.connections import ThreadConnections
 from tundra.core.storage.db import Database, Params, Row, Transaction, UniqueViolation
 
@@ -48,6 +48,13 @@ def _ensure_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+def _raise_if_undecodable(exc: sqlite3.OperationalError) -> None:
+    """Text that is not UTF-8 can only come from tampering or corruption: say so, clearly."""
+    if "Could not decode to UTF-8" in str(exc):
+        raise IntegrityError(f"the database holds text that is not valid UTF-8, so it was "
+                             f"modified outside Tundra or is corrupt ({exc})") from exc
+
+
 def _dict_rows(cursor: sqlite3.Cursor, rows: list[Any]) -> list[Row]:
     names = [d[0] for d in cursor.description or ()]
     return [dict(zip(names, row, strict=True)) for row in rows]
@@ -66,6 +73,7 @@ class SqliteTransaction(Transaction):
             if str(exc).startswith("no such table"):
                 raise NotInitialized(f"the database has no Tundra schema ({exc})",
                                      hint="run `tundra init`") from exc
+            _raise_if_undecodable(exc)
             raise
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
@@ -77,11 +85,22 @@ class SqliteTransaction(Transaction):
 
     def fetchall(self, sql: str, params: Params | None = None) -> list[Row]:
         cursor = self._run(sql, params)
-        return _dict_rows(cursor, cursor.fetchall())
+        try:
+            return _dict_rows(cursor, cursor.fetchall())
+        except sqlite3.OperationalError as exc:
+            _raise_if_undecodable(exc)
+            raise
 
     def iterate(self, sql: str, params: Params | None = None, *, size: int = 500) -> Iterator[Row]:
         cursor = self._run(sql, params)
-        while batch := cursor.fetchmany(size):
+        while True:
+            try:
+                batch = cursor.fetchmany(size)
+            except sqlite3.OperationalError as exc:
+                _raise_if_undecodable(exc)
+                raise
+            if not batch:
+                return
             yield from _dict_rows(cursor, batch)
 
     def lock_audit(self) -> None:

@@ -163,3 +163,16 @@ def test_close_reaches_connections_opened_by_other_threads(db) -> None:
     with db.read() as tx:  # and the database is still usable afterwards
         assert tx.fetchval("SELECT 1") == 1
     assert seen == [1]
+
+
+def test_invalid_utf8_in_a_text_column_is_an_integrity_error(tmp_path) -> None:
+    from tundra.core.errors import IntegrityError
+
+    (tmp_path / "u.db").touch()
+    database = open_database("", sqlite_path=str(tmp_path / "u.db"))
+    database.migrate()
+    with database.transaction() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('k', CAST(X'C328' AS TEXT))")
+    with pytest.raises(IntegrityError, match="not valid UTF-8"), database.read() as tx:
+        tx.fetchall("SELECT value FROM meta")
+    database.close()
