@@ -10,7 +10,7 @@ import pytest
 from tundra.core.clock import now_iso
 from tundra.core.crypto import keyring, masterkey, rotation
 from tundra.core.crypto.primitives import new_id
-from tundra.core.errors import DecryptionFailed, KeyMaterialError, ReauthRequired
+from tundra.core.errors import DecryptionFailed, KeyMaterialError, PermissionDenied, ReauthRequired
 from tundra.core.principal import SYSTEM, Principal, PrincipalKind, cli_principal
 from tundra.core.services import Services, build_services
 from tundra.core.uow import unit_of_work
@@ -181,13 +181,25 @@ def test_another_process_sees_the_new_active_term(
         other.close()
 
 
-@pytest.mark.parametrize("kind", [PrincipalKind.CLI, PrincipalKind.TOKEN])
-def test_rotations_need_a_fresh_authentication(key_services: Services, kind: PrincipalKind) -> None:
-    who = cli_principal() if kind is PrincipalKind.CLI else Principal(kind, "tnd_live_abc")
+@pytest.mark.parametrize(
+    ("who", "refusal"),
+    [
+        (cli_principal(), ReauthRequired),
+        # An admin token is still refused: a token can never perform a sensitive operation.
+        (Principal(PrincipalKind.TOKEN, "tnd_live_abc", is_admin=True,
+                   scopes=frozenset({"admin"})), ReauthRequired),
+        # A token without the admin scope is refused before that, as not an administrator.
+        (Principal(PrincipalKind.TOKEN, "tnd_live_abc"), PermissionDenied),
+    ],
+    ids=["cli", "admin-token", "plain-token"],
+)
+def test_rotations_need_an_admin_and_a_fresh_authentication(
+    key_services: Services, who: Principal, refusal: type[Exception]
+) -> None:
     before = (key_services.settings.master_key_path.read_bytes(), _meta(key_services))
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(refusal):
         key_services.keys.rotate_master(who)
-    with pytest.raises(ReauthRequired):
+    with pytest.raises(refusal):
         key_services.keys.rotate_data(who)
     assert (key_services.settings.master_key_path.read_bytes(), _meta(key_services)) == before
 

@@ -1,7 +1,9 @@
-"""TOTP: encrypted secret, the +-1 step window, replay refusal (also under concurrency)."""
+"""TOTP: enrolment confirmed by a first code, encrypted secret, the +-1 step window, replay
+refusal (also under concurrency)."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +24,7 @@ from tundra.core.errors import (
     AuthenticationFailed,
     Conflict,
     DecryptionFailed,
+    InvalidInput,
     PermissionDenied,
     Throttled,
     TotpRequired,
@@ -29,11 +32,16 @@ from tundra.core.errors import (
 from tundra.core.principal import cli_principal
 
 T0 = 1_700_000_010.0  # 10 s into a 30-second step
+STEP0 = int(T0 // 30)
 
 
 @pytest.fixture
 def enrolled(services, bob):
-    """bob with TOTP enrolled, and the services' clock frozen at T0."""
+    """bob with TOTP enrolled, and the services' clock frozen at T0.
+
+    Through the one-step ``enroll`` (no confirming code), so that no step is used yet and the
+    window tests can use any of them.
+    """
     services.totp.clock = lambda: T0
     enrollment = services.totp.enroll(cli_principal(), BOB)
     return pyotp.TOTP(enrollment.secret_b32)
@@ -43,8 +51,21 @@ def code_at(totp: pyotp.TOTP, steps: int) -> str:
     return str(totp.at(T0 + 30 * steps))
 
 
-def test_enrolment_stores_only_the_encrypted_secret(services, bob) -> None:
-    enrollment = services.totp.enroll(cli_principal(), BOB)
+def stored(services, name: str = BOB) -> dict:
+    with services.db.read() as tx:
+        return tx.fetchone(
+            "SELECT totp_secret, totp_last_step FROM users WHERE name = :n", {"n": name}
+        )
+
+
+def wrong_code(totp: pyotp.TOTP) -> str:
+    valid = {code_at(totp, s) for s in (-1, 0, 1)}
+    return next(c for c in ("000000", "111111", "222222") if c not in valid)
+
+
+def test_begin_enrollment_stores_nothing(services, bob) -> None:
+    services.totp.clock = lambda: T0
+    enrollment = services.totp.begin_enrollment(cli_principal(), BOB)
     assert len(enrollment.secret_b32) == 32
     uri = urlsplit(enrollment.otpauth_uri)
     assert uri.scheme == "otpauth"
@@ -54,30 +75,157 @@ def test_enrolment_stores_only_the_encrypted_secret(services, bob) -> None:
     assert query["issuer"] == ["Tundra"]
     assert "bob" in uri.path
     assert enrollment.secret_b32 not in repr(enrollment)
-    with services.db.read() as tx:
-        blob = bytes(tx.fetchval("SELECT totp_secret FROM users WHERE name = 'bob'"))
-    import base64
+    assert stored(services) == {"totp_secret": None, "totp_last_step": None}
+    assert not services.users.get(BOB).totp_enrolled
+    assert audit_rows(services, Action.TOTP_ENROLL) == []
+    # Each call is a new secret: nothing pending is kept anywhere in core.
+    again = services.totp.begin_enrollment(cli_principal(), BOB)
+    assert again.secret_b32 != enrollment.secret_b32
 
+
+def test_complete_enrollment_stores_only_the_encrypted_secret(services, bob) -> None:
+    services.totp.clock = lambda: T0
+    enrollment = services.totp.begin_enrollment(cli_principal(), BOB)
+    code = code_at(pyotp.TOTP(enrollment.secret_b32), 0)
+    services.totp.complete_enrollment(cli_principal(), BOB, enrollment.secret_b32, code)
+    row = stored(services)
+    blob = bytes(row["totp_secret"])
     raw = base64.b32decode(enrollment.secret_b32)
     assert blob.startswith(b"tnd\x01")
     assert raw not in blob
     assert services.keys.decrypt("users", "totp_secret", bob.id, blob) == raw
+    assert row["totp_last_step"] == STEP0  # the confirming code's step is used up
     assert services.users.get(BOB).totp_enrolled
-    [row] = audit_rows(services, Action.TOTP_ENROLL)
-    assert row["resource"] == "user:bob"
+    [audit] = audit_rows(services, Action.TOTP_ENROLL)
+    assert audit["resource"] == "user:bob"
+    assert audit["details"] == {"id": bob.id, "confirmed": True}
     assert enrollment.secret_b32 not in all_audit_text(services)
+    assert code not in all_audit_text(services)
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("steps", [-1, 0, 1])
+def test_confirmation_accepts_the_usual_window(services, bob, steps) -> None:
+    services.totp.clock = lambda: T0
+    enrollment = services.totp.begin_enrollment(cli_principal(), BOB)
+    code = code_at(pyotp.TOTP(enrollment.secret_b32), steps)
+    services.totp.complete_enrollment(cli_principal(), BOB, enrollment.secret_b32, code)
+    assert stored(services)["totp_last_step"] == STEP0 + steps
+
+
+def test_wrong_confirmation_code_stores_nothing(services, bob) -> None:
+    services.totp.clock = lambda: T0
+    enrollment = services.totp.begin_enrollment(cli_principal(), BOB)
+    totp = pyotp.TOTP(enrollment.secret_b32)
+    valid = {code_at(totp, s) for s in (-1, 0, 1)}
+    refused = [wrong_code(totp), code_at(totp, 2), code_at(totp, -2), "12345", "abcdef", ""]
+    for code in refused:
+        if code in valid:
+            continue  # a 6-digit collision with a valid code, one in ~333,000
+        with pytest.raises(AuthenticationFailed, match="TOTP was not turned on"):
+            services.totp.complete_enrollment(cli_principal(), BOB, enrollment.secret_b32, code)
+    assert stored(services) == {"totp_secret": None, "totp_last_step": None}
+    assert audit_rows(services, Action.TOTP_ENROLL) == []
+    # The password alone still logs in (no TotpRequired), and the same key can still be
+    # confirmed with the right code.
+    assert services.users.authenticate(BOB, BOB_PASSWORD).name == BOB
+    services.totp.complete_enrollment(cli_principal(), BOB, enrollment.secret_b32,
+                                      code_at(totp, 0))
+    assert services.users.get(BOB).totp_enrolled
+
+
+def test_abandoned_enrollment_leaves_the_password_login_and_a_fresh_start(services,
+                                                                          bob) -> None:
+    services.totp.clock = lambda: T0
+    abandoned = services.totp.begin_enrollment(cli_principal(), BOB)
+    # The user walks away: the account is as before.
+    assert services.users.authenticate(BOB, BOB_PASSWORD).name == BOB
+    again = services.totp.begin_enrollment(bob.as_principal(), BOB)
+    assert again.secret_b32 != abandoned.secret_b32
+    totp = pyotp.TOTP(again.secret_b32)
+    services.totp.complete_enrollment(bob.as_principal(), BOB, again.secret_b32,
+                                      code_at(totp, 0))
+    with pytest.raises(TotpRequired):
+        services.users.authenticate(BOB, BOB_PASSWORD)
+    assert services.users.authenticate(BOB, BOB_PASSWORD, code_at(totp, 1)).name == BOB
+    # The abandoned key can no longer be turned on over the active one.
+    with pytest.raises(Conflict):
+        services.totp.complete_enrollment(cli_principal(), BOB, abandoned.secret_b32,
+                                          code_at(pyotp.TOTP(abandoned.secret_b32), 0))
+
+
+def test_the_confirmation_code_cannot_be_replayed_for_the_first_login(services, bob) -> None:
+    services.totp.clock = lambda: T0
+    enrollment = services.totp.begin_enrollment(cli_principal(), BOB)
+    totp = pyotp.TOTP(enrollment.secret_b32)
+    code = code_at(totp, 0)
+    services.totp.complete_enrollment(cli_principal(), BOB, enrollment.secret_b32, code)
+    with pytest.raises(AuthenticationFailed, match="TOTP code is not valid"):
+        services.users.authenticate(BOB, BOB_PASSWORD, code)
+    with pytest.raises(AuthenticationFailed):  # nor an older step of the window
+        services.users.authenticate(BOB, BOB_PASSWORD, code_at(totp, -1))
+    with pytest.raises(AuthenticationFailed):
+        services.totp.verify(BOB, code)
+    assert len(audit_rows(services, Action.TOTP_REPLAY_REFUSED)) == 3
+    assert audit_rows(services, Action.USER_LOGIN) == []
+    assert services.users.authenticate(BOB, BOB_PASSWORD, code_at(totp, 1)).name == BOB
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("secret", ["", "AAAA", "not base32!", "A" * 40, "A" * 33])
+def test_complete_refuses_a_key_begin_did_not_make(services, bob, secret) -> None:
+    with pytest.raises(InvalidInput, match="not a TOTP key made by Tundra"):
+        services.totp.complete_enrollment(cli_principal(), BOB, secret, "123456")
+    assert stored(services)["totp_secret"] is None
+
+
+def test_one_step_enroll_activates_at_once_unconfirmed(services, bob) -> None:
+    enrollment = services.totp.enroll(cli_principal(), BOB)
+    row = stored(services)
+    blob = bytes(row["totp_secret"])
+    assert services.keys.decrypt("users", "totp_secret", bob.id, blob) == \
+        base64.b32decode(enrollment.secret_b32)
+    assert row["totp_last_step"] is None
+    [audit] = audit_rows(services, Action.TOTP_ENROLL)
+    assert audit["details"] == {"id": bob.id, "confirmed": False}
 
 
 def test_enrol_twice_is_a_conflict(services, enrolled) -> None:
     with pytest.raises(Conflict, match="enrolled already"):
+        services.totp.begin_enrollment(cli_principal(), BOB)
+    with pytest.raises(Conflict, match="enrolled already"):
         services.totp.enroll(cli_principal(), BOB)
 
 
+def test_of_two_pending_enrolments_only_the_first_confirmed_counts(services, bob) -> None:
+    services.totp.clock = lambda: T0
+    first = services.totp.begin_enrollment(cli_principal(), BOB)
+    second = services.totp.begin_enrollment(cli_principal(), BOB)
+    services.totp.complete_enrollment(cli_principal(), BOB, first.secret_b32,
+                                      code_at(pyotp.TOTP(first.secret_b32), 0))
+    with pytest.raises(Conflict, match="enrolled already"):
+        services.totp.complete_enrollment(cli_principal(), BOB, second.secret_b32,
+                                          code_at(pyotp.TOTP(second.secret_b32), 0))
+    blob = bytes(stored(services)["totp_secret"])
+    assert services.keys.decrypt("users", "totp_secret", bob.id, blob) == \
+        base64.b32decode(first.secret_b32)
+    assert len(audit_rows(services, Action.TOTP_ENROLL)) == 1
+
+
 def test_a_user_may_enrol_themselves_but_not_someone_else(services, bob) -> None:
+    services.totp.clock = lambda: T0
     as_bob = bob.as_principal()
     with pytest.raises(PermissionDenied):
-        services.totp.enroll(as_bob, ADMIN)
-    services.totp.enroll(as_bob, BOB)
+        services.totp.begin_enrollment(as_bob, ADMIN)
+    theirs = services.totp.begin_enrollment(cli_principal(), ADMIN)
+    with pytest.raises(PermissionDenied):
+        services.totp.complete_enrollment(as_bob, ADMIN, theirs.secret_b32,
+                                          code_at(pyotp.TOTP(theirs.secret_b32), 0))
+    assert not services.users.get(ADMIN).totp_enrolled
+    own = services.totp.begin_enrollment(as_bob, BOB)
+    services.totp.complete_enrollment(as_bob, BOB, own.secret_b32,
+                                      code_at(pyotp.TOTP(own.secret_b32), 0))
+    assert services.users.get(BOB).totp_enrolled
     with pytest.raises(PermissionDenied):
         services.totp.disable(as_bob, BOB)  # removing a second factor is for administrators
 
@@ -176,7 +324,7 @@ def test_concurrent_uses_of_one_code_let_exactly_one_through(services, enrolled)
         except AuthenticationFailed:
             result = "refused"
         finally:
-            services.db.close()
+            services.db.close_thread()
         with lock:
             outcomes.append(result)
 
