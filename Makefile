@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The demo keeps its state in the checkout unless TUNDRA_HOME says otherwise.
 export TUNDRA_HOME ?= $(CURDIR)/tundra-home
 
-.PHONY: run test pytest lint format typecheck completions bench clean-demo
+.PHONY: run test pytest lint format typecheck completions docs bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ typecheck: $(VENV)/.installed
 
 completions: $(VENV)/.installed
 	for shell in bash zsh fish; do $(BIN)/tundra completions $$shell > completions/tundra.$$shell; done
+
+docs: $(VENV)/.installed
+	$(BIN)/python scripts/settings_doc.py
 
 bench: $(VENV)/.installed
 	for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done

@@ -45,7 +45,7 @@ def _check_pg() -> str | None:
             with psycopg.connect(PG_URL, connect_timeout=3) as conn:
                 conn.execute("SELECT 1")
             _pg_checked = ""
-        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        except Exception as exc:
             _pg_checked = f"{PG_URL}: {str(exc).strip().splitlines()[0]}"
     return _pg_checked or None
 
@@ -94,7 +94,7 @@ def valkey_url() -> str:
         client = redis.Redis.from_url(VALKEY_URL, socket_connect_timeout=3)
         client.ping()
         client.close()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         service_missing("Valkey/Redis", f"{VALKEY_URL}: {exc}")
     return VALKEY_URL
 

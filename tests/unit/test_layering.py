@@ -24,4 +24,8 @@ def test_the_contract_names_every_front_end() -> None:
     contract = config["tool"]["importlinter"]["contracts"][0]
     assert contract["source_modules"] == ["tundra.core"]
     assert set(contract["forbidden_modules"]) == {
-        "tundra.cli", "tundra.tui", "tundra.panel", "tundra.agent"}
+        "tundra.cli",
+        "tundra.tui",
+        "tundra.panel",
+        "tundra.agent",
+    }

@@ -31,14 +31,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 class LazyGroup(click.Group):
     """A group whose sub-commands are imported only when used, with Tundra's error boundary."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         """One boundary: every expected error becomes one line on stderr and an exit code."""
         try:
             # Without standalone mode click returns a command's exit code (typer.Exit) instead
             # of exiting; pass it on.
-            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                                  standalone_mode=False, **extra)
+            result = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
         except TundraError as exc:
             _fail(str(exc), exit_status_for(exc))
         except click.exceptions.Abort:
@@ -54,11 +65,13 @@ class LazyGroup(click.Group):
         except BrokenPipeError:
             sys.exit(0)
         except Exception as exc:
-            _typer_boundary(exc)
             if os.environ.get("TUNDRA_DEBUG"):
                 raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (set TUNDRA_DEBUG=1 for a "
-                  "traceback and please report it)", ExitStatus.INTERNAL)
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (set TUNDRA_DEBUG=1 for a "
+                "traceback and please report it)",
+                ExitStatus.INTERNAL,
+            )
         sys.exit(result if isinstance(result, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -80,43 +93,24 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Example: tundra init && tundra server add web-1 --address 203.0.113.10")
-@click.version_option(__version__, "-V", "--version", prog_name="tundra",
-                      message="%(prog)s %(version)s")
-@click.option("--home", type=click.Path(file_okay=False), envvar="TUNDRA_HOME",
-              help="Tundra home directory (default: $TUNDRA_HOME, /var/lib/tundra or XDG data).")
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Example: tundra init && tundra server add web-1 --address 203.0.113.10",
+)
+@click.version_option(
+    __version__, "-V", "--version", prog_name="tundra", message="%(prog)s %(version)s"
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="TUNDRA_HOME",
+    help="Tundra home directory (default: $TUNDRA_HOME, /var/lib/tundra or XDG data).",
+)
 def cli(home: str | None) -> None:
     """Tundra: the control plane for Linux servers, secure by proof."""
     if home:
         os.environ["TUNDRA_HOME"] = home
-
-
-def _typer_boundary(exc: Exception) -> None:
-    """Map typer's own Exit/Abort and its vendored click (``typer._click``) errors like click's.
-
-    Recent typer releases ship a private copy of click, so a missing or unknown option in a typer
-    sub-command is not a ``click.ClickException``. Returns only for any other exception.
-    """
-    if not type(exc).__module__.startswith("typer."):
-        return
-    from typer import exceptions as typer_exceptions
-    from typer._click import exceptions as vendored
-
-    if isinstance(exc, typer_exceptions.Exit):
-        sys.exit(exc.exit_code)
-    if isinstance(exc, typer_exceptions.Abort):
-        _fail("aborted", ExitStatus.FAILURE)
-    if isinstance(exc, vendored.NoArgsIsHelpError):
-        # With rich installed typer has printed the help already; the message is then empty.
-        if exc.format_message().strip():
-            sys.stderr.write(exc.format_message() + "\n")
-        sys.exit(int(ExitStatus.USAGE))
-    if isinstance(exc, vendored.ClickException):
-        ctx = getattr(exc, "ctx", None)
-        if isinstance(exc, vendored.UsageError) and ctx is not None:
-            sys.stderr.write(ctx.get_usage() + "\n")
-        _fail(exc.format_message(), ExitStatus.USAGE)
 
 
 def _fail(message: str, status: ExitStatus) -> None:

@@ -1,4 +1,4 @@
-"""``tundra completions``: print a shell completion script (the ones in completions/ come from here)."""
+"""``tundra completions``: print a shell completion script (completions/ is generated here)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def script(shell: str) -> str:
     return cls(cli, {}, "tundra", "_TUNDRA_COMPLETE").source()
 
 
-@app.command("completions", epilog="Example: tundra completions bash > /etc/bash_completion.d/tundra")
+@app.command(
+    "completions", epilog="Example: tundra completions bash > /etc/bash_completion.d/tundra"
+)
 def completions(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
     """Print the completion script for SHELL."""
     typer.echo(script(shell.value), nl=False)

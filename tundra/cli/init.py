@@ -26,12 +26,19 @@ def _default_admin() -> str:
     epilog="Example: TUNDRA_HOME=./tundra-home tundra init --generate-password",
 )
 def init(
-    admin: Annotated[str | None, typer.Option("--admin", help="Name of the first administrator "
-                                              "(default: your Unix user, or 'admin').")] = None,
-    generate_password: Annotated[bool, typer.Option(
-        "--generate-password", help="Generate the admin password and show it once.")] = False,
-    password_stdin: Annotated[bool, typer.Option(
-        "--password-stdin", help="Read the admin password from standard input.")] = False,
+    admin: Annotated[
+        str | None,
+        typer.Option(
+            "--admin", help="Name of the first administrator (default: your Unix user, or 'admin')."
+        ),
+    ] = None,
+    generate_password: Annotated[
+        bool,
+        typer.Option("--generate-password", help="Generate the admin password and show it once."),
+    ] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the admin password from standard input.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
 ) -> None:
     """Set up $TUNDRA_HOME. Safe to re-run: it finishes what is missing and never replaces a key."""
@@ -49,13 +56,16 @@ def init(
         elif password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         elif sys.stdin.isatty():
-            password = typer.prompt(f"Password for administrator {name}", hide_input=True,
-                                    confirmation_prompt=True)
+            password = typer.prompt(
+                f"Password for administrator {name}", hide_input=True, confirmation_prompt=True
+            )
         else:
             from tundra.core.errors import InvalidInput
 
-            raise InvalidInput("no password for the first administrator",
-                               hint="use --generate-password or --password-stdin")
+            raise InvalidInput(
+                "no password for the first administrator",
+                hint="use --generate-password or --password-stdin",
+            )
     report = home.initialize(svc, admin_name=name, admin_password=password)
     if as_json:
         data = report.as_dict()
@@ -72,5 +82,7 @@ def init(
             warn("this password is shown once; store it in your password manager now")
         info(f"home: {report.home}  database: {report.database}")
         if report.created and "master key" in report.created:
-            warn(f"back up {svc.settings.master_key_path} somewhere safe: without it every "
-                 "encrypted secret is lost")
+            warn(
+                f"back up {svc.settings.master_key_path} somewhere safe: without it every "
+                "encrypted secret is lost"
+            )

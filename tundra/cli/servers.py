@@ -9,9 +9,12 @@ import typer
 from tundra.cli.context import principal, services
 from tundra.cli.output import print_fields, print_json, print_table, success
 
-app = typer.Typer(help="Manage the fleet inventory.", no_args_is_help=True,
-                  add_completion=False,
-                  epilog="Example: tundra server add web-1 --address 203.0.113.10 --tag prod")
+app = typer.Typer(
+    help="Manage the fleet inventory.",
+    no_args_is_help=True,
+    add_completion=False,
+    epilog="Example: tundra server add web-1 --address 203.0.113.10 --tag prod",
+)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -41,21 +44,27 @@ def list_(
     if as_json:
         print_json([s.as_dict() for s in servers])
         return
-    print_table("Servers", ["name", "address", "status", "tags", "added"],
-                [(s.name, s.address, s.status, ", ".join(s.tags), s.created_at[:19])
-                 for s in servers])
+    print_table(
+        "Servers",
+        ["name", "address", "status", "tags", "added"],
+        [(s.name, s.address, s.status, ", ".join(s.tags), s.created_at[:19]) for s in servers],
+    )
 
 
 @app.command("show", epilog="Example: tundra server show web-1 --json")
-def show(name: Annotated[str, typer.Argument(help="Server name.")], as_json: JsonOption = False,
-         ) -> None:
+def show(
+    name: Annotated[str, typer.Argument(help="Server name.")],
+    as_json: JsonOption = False,
+) -> None:
     """Show one server."""
     server = services().servers.get(principal(), name)
     if as_json:
         print_json(server.as_dict())
         return
-    print_fields(f"Server {server.name}", [(k, ", ".join(v) if isinstance(v, list) else v)
-                                           for k, v in server.as_dict().items()])
+    print_fields(
+        f"Server {server.name}",
+        [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in server.as_dict().items()],
+    )
 
 
 @app.command("update", epilog="Example: tundra server update web-1 --address 203.0.113.11")

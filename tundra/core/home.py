@@ -26,8 +26,13 @@ class InitReport:
     admin_name: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"home": self.home, "database": self.database, "created": self.created,
-                "existing": self.existing, "admin": self.admin_name}
+        return {
+            "home": self.home,
+            "database": self.database,
+            "created": self.created,
+            "existing": self.existing,
+            "admin": self.admin_name,
+        }
 
 
 def is_initialized(services: Services) -> bool:
@@ -35,7 +40,9 @@ def is_initialized(services: Services) -> bool:
     return settings.master_key_path.exists() and services.db.schema_version() > 0
 
 
-def initialize(services: Services, *, admin_name: str | None, admin_password: str | None) -> InitReport:
+def initialize(
+    services: Services, *, admin_name: str | None, admin_password: str | None
+) -> InitReport:
     """Create whatever of the home is missing. ``admin_password`` is needed only without users."""
     settings = services.settings
     report = InitReport(home=str(settings.home), database=settings.database_label)
@@ -54,6 +61,15 @@ def initialize(services: Services, *, admin_name: str | None, admin_password: st
         report.created.append("keyring and key-check value")
     else:
         report.existing.append("keyring and key-check value")
+
+    if services.pki.ensure_ca(SYSTEM):
+        report.created.append("internal CA")
+    else:
+        report.existing.append("internal CA")
+    if services.pki.ensure_panel_cert(SYSTEM):
+        report.created.append("panel TLS certificate")
+    else:
+        report.existing.append("panel TLS certificate")
 
     if services.audit.ensure_checkpoint_key():
         report.created.append("audit checkpoint signing key")
@@ -85,3 +101,13 @@ def needs_first_admin(services: Services) -> bool:
     if services.db.schema_version() == 0:
         return True
     return services.users.count() == 0
+
+
+def require_initialized(services: Services) -> None:
+    """Refuse to run a service on a home that ``tundra init`` has not finished."""
+    from tundra.core.errors import NotInitialized
+
+    if not is_initialized(services) or services.users.count() == 0:
+        raise NotInitialized(
+            f"{services.settings.home} is not initialised", hint="run `tundra init`"
+        )

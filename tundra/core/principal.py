@@ -10,10 +10,10 @@ from enum import StrEnum
 
 
 class PrincipalKind(StrEnum):
-    USER = "user"      # an interactive panel/TUI session
-    TOKEN = "token"    # an API or MCP bearer token
-    CLI = "cli"        # the local operator at the command line (has the master key)
-    AGENT = "agent"    # a managed host's agent
+    USER = "user"  # an interactive panel/TUI session
+    TOKEN = "token"  # an API or MCP bearer token
+    CLI = "cli"  # the local operator at the command line (has the master key)
+    AGENT = "agent"  # a managed host's agent
     SYSTEM = "system"  # Tundra itself (init, background jobs)
 
 

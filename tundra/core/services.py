@@ -49,8 +49,9 @@ class Services:
     def passwords(self) -> PasswordHasher:
         from tundra.core.crypto.passwords import PasswordHasher
 
-        return PasswordHasher.for_profile(self.settings.password_profile,
-                                          concurrency=self.settings.hash_concurrency)
+        return PasswordHasher.for_profile(
+            self.settings.password_profile, concurrency=self.settings.hash_concurrency
+        )
 
     @cached_property
     def users(self) -> UserService:

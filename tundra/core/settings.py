@@ -51,37 +51,123 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("home", str, None,
-            "Directory holding master.key, tundra.db, kv.db and the TLS material. Default: "
-            "/var/lib/tundra for root when it exists, else $XDG_DATA_HOME/tundra."),
-    Setting("database_url", str, "",
-            "postgresql://… to use PostgreSQL; empty for the embedded SQLite database "
-            "$TUNDRA_HOME/tundra.db."),
-    Setting("valkey_url", str, "",
-            "redis://… to use Valkey/Redis for sessions, rate limits, nonces and locks; empty for "
-            "the embedded store $TUNDRA_HOME/kv.db."),
-    Setting("token_env", str, "live",
-            "The env part of API tokens this deployment issues and accepts (tnd_{env}_…), "
-            "[a-z0-9]{1,16}."),
-    Setting("password_profile", str, "production",
-            "Argon2id parameters: 'production' (64 MiB, t=3, p=1; the only one for real use) or "
-            "'test' (cheap, for test suites only)."),
-    Setting("hash_concurrency", int, 4,
-            "Most password hashes computed at once; each production hash takes 64 MiB."),
-    Setting("reauth_window", int, 300,
-            "Seconds after an authentication during which sensitive operations need no new one."),
+    Setting(
+        "home",
+        str,
+        None,
+        "Directory holding master.key, tundra.db, kv.db and the TLS material. Default: "
+        "/var/lib/tundra for root when it exists, else $XDG_DATA_HOME/tundra.",
+    ),
+    Setting(
+        "database_url",
+        str,
+        "",
+        "postgresql://… to use PostgreSQL; empty for the embedded SQLite database "
+        "$TUNDRA_HOME/tundra.db.",
+    ),
+    Setting(
+        "valkey_url",
+        str,
+        "",
+        "redis://… to use Valkey/Redis for sessions, rate limits, nonces and locks; empty for "
+        "the embedded store $TUNDRA_HOME/kv.db.",
+    ),
+    Setting(
+        "token_env",
+        str,
+        "live",
+        "The env part of API tokens this deployment issues and accepts (tnd_{env}_…), "
+        "[a-z0-9]{1,16}.",
+    ),
+    Setting(
+        "password_profile",
+        str,
+        "production",
+        "Argon2id parameters: 'production' (64 MiB, t=3, p=1; the only one for real use) or "
+        "'test' (cheap, for test suites only).",
+    ),
+    Setting(
+        "hash_concurrency",
+        int,
+        4,
+        "Most password hashes computed at once; each production hash takes 64 MiB.",
+    ),
+    Setting(
+        "reauth_window",
+        int,
+        300,
+        "Seconds after an authentication during which sensitive operations need no new one.",
+    ),
     Setting("totp_issuer", str, "Tundra", "Issuer name shown in authenticator apps."),
-    Setting("require_admin_totp", _bool, True,
-            "Admins must enrol TOTP before they get a panel session."),
-    Setting("cli_user", str, "",
-            "The Tundra user the local operator authenticates as with `tundra login`; empty means "
-            "the user named like the Unix user, or the only admin."),
-    Setting("login_max_failures", int, 5,
-            "Failed logins per account or source address before the window locks."),
+    Setting(
+        "require_admin_totp", _bool, True, "Admins must enrol TOTP before they get a panel session."
+    ),
+    Setting(
+        "cli_user",
+        str,
+        "",
+        "The Tundra user the local operator authenticates as with `tundra login`; empty means "
+        "the user named like the Unix user, or the only admin.",
+    ),
+    Setting(
+        "login_max_failures",
+        int,
+        5,
+        "Failed logins per account or source address before the window locks.",
+    ),
     Setting("login_lock_seconds", int, 900, "How long the failed-login window lasts."),
-    Setting("token_last_used_interval", int, 60,
-            "Seconds between writes of an API token's last_used_at (reads stay cheap)."),
-    Setting("rotation_batch_size", int, 200, "Rows re-encrypted per transaction in key rotate --data."),
+    Setting(
+        "token_last_used_interval",
+        int,
+        60,
+        "Seconds between writes of an API token's last_used_at (reads stay cheap).",
+    ),
+    Setting(
+        "rotation_batch_size", int, 200, "Rows re-encrypted per transaction in key rotate --data."
+    ),
+    Setting(
+        "panel_listen",
+        str,
+        "127.0.0.1:8443",
+        "HOST:PORT of the HTTPS panel and API (443 in production). [::1]:8443 for IPv6.",
+    ),
+    Setting(
+        "redirect_listen",
+        str,
+        "127.0.0.1:8080",
+        "HOST:PORT of the plain-HTTP listener that only redirects to HTTPS; empty disables it.",
+    ),
+    Setting(
+        "public_https_port",
+        int,
+        8443,
+        "The HTTPS port browsers reach (used in redirects; 443 behind a port mapping).",
+    ),
+    Setting(
+        "panel_hostnames",
+        str,
+        "localhost,127.0.0.1,::1",
+        "Comma-separated names and addresses the internal panel certificate is issued for.",
+    ),
+    Setting(
+        "tls_cert_file",
+        str,
+        "",
+        "The operator's certificate chain (PEM) for the panel; empty uses the internal CA.",
+    ),
+    Setting(
+        "tls_key_file",
+        str,
+        "",
+        "The operator's private key (PEM, mode 0400) matching tls_cert_file.",
+    ),
+    Setting("session_idle_timeout", int, 1800, "Seconds of inactivity that end a panel session."),
+    Setting(
+        "session_absolute_timeout",
+        int,
+        43200,
+        "Seconds after login that end a panel session whatever its activity.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -105,6 +191,14 @@ class Settings:
     login_lock_seconds: int = 900
     token_last_used_interval: int = 60
     rotation_batch_size: int = 200
+    panel_listen: str = "127.0.0.1:8443"
+    redirect_listen: str = "127.0.0.1:8080"
+    public_https_port: int = 8443
+    panel_hostnames: str = "localhost,127.0.0.1,::1"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    session_idle_timeout: int = 1800
+    session_absolute_timeout: int = 43200
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -146,10 +240,20 @@ def _validate(values: dict[str, Any]) -> None:
 
     if not re.fullmatch(r"[a-z0-9]{1,16}", values["token_env"]):
         raise ConfigError(f"token_env {values['token_env']!r} must match [a-z0-9]{{1,16}}")
+    if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
+        raise ConfigError("tls_cert_file and tls_key_file go together: set both or neither")
     if values["password_profile"] not in {"production", "test"}:
         raise ConfigError("password_profile must be 'production' or 'test'")
-    for name in ("hash_concurrency", "reauth_window", "login_max_failures",
-                 "login_lock_seconds", "rotation_batch_size"):
+    for name in (
+        "hash_concurrency",
+        "reauth_window",
+        "login_max_failures",
+        "login_lock_seconds",
+        "rotation_batch_size",
+        "session_idle_timeout",
+        "session_absolute_timeout",
+        "public_https_port",
+    ):
         if values[name] < 1:
             raise ConfigError(f"{name} must be at least 1")
 
@@ -164,8 +268,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read settings file {path}: {exc}") from exc
     unknown = sorted(set(data) - set(_BY_NAME))
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in {path}",
-                          hint="see docs/settings.md")
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)} in {path}", hint="see docs/settings.md"
+        )
     return data
 
 

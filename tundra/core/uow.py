@@ -57,8 +57,9 @@ class UnitOfWork:
 
 
 @contextmanager
-def unit_of_work(db: Database, principal: Principal, *,
-                 request_id: str | None = None) -> Iterator[UnitOfWork]:
+def unit_of_work(
+    db: Database, principal: Principal, *, request_id: str | None = None
+) -> Iterator[UnitOfWork]:
     """Open a unit of work; commit with its audit rows, or roll everything back."""
     with db.transaction() as tx:
         uow = UnitOfWork(tx, principal, request_id or new_request_id())
@@ -66,12 +67,20 @@ def unit_of_work(db: Database, principal: Principal, *,
         if uow.changed and not uow.events:
             raise AuditMissing("a state change was about to commit without an audit event")
         if uow.events:
-            uow.written = append(tx, actor=principal.actor, request_id=uow.request_id,
-                                 events=uow.events)
+            uow.written = append(
+                tx, actor=principal.actor, request_id=uow.request_id, events=uow.events
+            )
 
 
-def record_only(db: Database, principal: Principal, action: str, resource: str,
-                details: Mapping[str, Any] | None = None, *, request_id: str | None = None) -> None:
+def record_only(
+    db: Database,
+    principal: Principal,
+    action: str,
+    resource: str,
+    details: Mapping[str, Any] | None = None,
+    *,
+    request_id: str | None = None,
+) -> None:
     """Write an audit row that accompanies no other change (a refusal, a failed login)."""
     with unit_of_work(db, principal, request_id=request_id) as uow:
         uow.record(action, resource, details)

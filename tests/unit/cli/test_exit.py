@@ -13,9 +13,19 @@ from tundra.core import errors
 DOCS = Path(__file__).parents[3] / "docs" / "cli.md"
 
 EXPECTED = {
-    "SUCCESS": 0, "FAILURE": 1, "USAGE": 64, "DATA_ERROR": 65, "NOT_FOUND": 66,
-    "AUTH_FAILED": 67, "UNAVAILABLE": 69, "INTERNAL": 70, "CONFLICT": 73, "THROTTLED": 75,
-    "PERMISSION_DENIED": 77, "CONFIG": 78, "KEY_ERROR": 79,
+    "SUCCESS": 0,
+    "FAILURE": 1,
+    "USAGE": 64,
+    "DATA_ERROR": 65,
+    "NOT_FOUND": 66,
+    "AUTH_FAILED": 67,
+    "UNAVAILABLE": 69,
+    "INTERNAL": 70,
+    "CONFLICT": 73,
+    "THROTTLED": 75,
+    "PERMISSION_DENIED": 77,
+    "CONFIG": 78,
+    "KEY_ERROR": 79,
 }
 
 
@@ -56,5 +66,7 @@ def test_every_error_class_has_a_specific_exit_code(cls: type[errors.TundraError
         (errors.IntegrityError("x"), ExitStatus.FAILURE),
     ],
 )
-def test_specific_errors_win_over_their_parents(error: errors.TundraError, status: ExitStatus) -> None:
+def test_specific_errors_win_over_their_parents(
+    error: errors.TundraError, status: ExitStatus
+) -> None:
     assert exit_status_for(error) is status

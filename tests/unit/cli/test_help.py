@@ -37,8 +37,11 @@ def test_every_registered_group_is_reachable() -> None:
     assert {p[0] for p in ALL_COMMANDS if p} == set(COMMANDS)
 
 
-@pytest.mark.parametrize("path", [p for p in ALL_COMMANDS if len(p) >= 2 and p[-1] in {"list", "show"}],
-                         ids=lambda p: " ".join(p))
+@pytest.mark.parametrize(
+    "path",
+    [p for p in ALL_COMMANDS if len(p) >= 2 and p[-1] in {"list", "show"}],
+    ids=lambda p: " ".join(p),
+)
 def test_every_list_and_show_command_offers_json(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert "--json" in result.output
@@ -51,10 +54,14 @@ def test_unknown_command_is_a_usage_error_with_exit_64() -> None:
 
 
 def test_version_does_not_import_typer_rich_or_drivers() -> None:
-    code = ("import sys; sys.argv = ['tundra', '--version']; from tundra.cli.main import main; main();"
-            "bad = [m for m in ('typer', 'click', 'rich', 'psycopg', 'redis', 'argon2', 'cryptography')"
-            " if m in sys.modules]; print(bad)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; sys.argv = ['tundra', '--version']; from tundra.cli.main import main; main();"
+        "bad = [m for m in ('typer', 'click', 'rich', 'psycopg', 'redis', 'argon2', 'cryptography')"
+        " if m in sys.modules]; print(bad)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip().endswith("[]"), result.stdout
 
 
@@ -62,15 +69,22 @@ def test_server_list_json_imports_no_heavy_module(tmp_path) -> None:
     env_code = (
         "import sys; from tundra.cli.app import run\n"
         "try:\n    run(['server', 'list', '--json'])\nexcept SystemExit:\n    pass\n"
-        "bad = [m for m in ('rich', 'psycopg', 'redis', 'argon2', 'cryptography.hazmat.primitives.ciphers.aead')"
-        " if m in sys.modules]\nprint(bad, file=sys.stderr)"
+        "heavy = ('rich', 'psycopg', 'redis', 'argon2',"
+        " 'cryptography.hazmat.primitives.ciphers.aead')\n"
+        "bad = [m for m in heavy if m in sys.modules]\nprint(bad, file=sys.stderr)"
     )
     import os
 
     env = {**os.environ, "TUNDRA_HOME": str(tmp_path / "home"), "TUNDRA_PASSWORD_PROFILE": "test"}
     env.pop("TUNDRA_DATABASE_URL", None)
-    subprocess.run([sys.executable, "-m", "tundra", "init", "--generate-password"], env=env,
-                   check=True, capture_output=True, timeout=120)
-    result = subprocess.run([sys.executable, "-c", env_code], env=env, capture_output=True,
-                            text=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "tundra", "init", "--generate-password"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", env_code], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr

@@ -15,8 +15,11 @@ from tundra.core.principal import cli_principal
 @pytest.fixture
 def env(services) -> dict[str, str]:
     s = services.settings
-    return {"TUNDRA_HOME": str(s.home), "TUNDRA_DATABASE_URL": s.database_url,
-            "TUNDRA_PASSWORD_PROFILE": "test"}
+    return {
+        "TUNDRA_HOME": str(s.home),
+        "TUNDRA_DATABASE_URL": s.database_url,
+        "TUNDRA_PASSWORD_PROFILE": "test",
+    }
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None):
@@ -44,7 +47,11 @@ def test_show_renders_a_table_and_json(services, env) -> None:
     ("args", "status", "message"),
     [
         (["server", "show", "nope"], ExitStatus.NOT_FOUND, "no server named 'nope'"),
-        (["server", "add", "Bad", "--address", "203.0.113.1"], ExitStatus.USAGE, "invalid server name"),
+        (
+            ["server", "add", "Bad", "--address", "203.0.113.1"],
+            ExitStatus.USAGE,
+            "invalid server name",
+        ),
         (["server", "add", "web-1"], ExitStatus.USAGE, "--address"),
     ],
 )
@@ -71,8 +78,9 @@ def test_remove_without_login_and_without_a_terminal_is_refused(services, env) -
 
 def test_remove_after_login(services, env) -> None:
     run(env, "server", "add", "web-1", "--address", "203.0.113.10")
-    login = run(env, "login", "--user", "admin", "--password-stdin",
-                stdin="correct horse battery staple\n")
+    login = run(
+        env, "login", "--user", "admin", "--password-stdin", stdin="correct horse battery staple\n"
+    )
     assert login.exit_code == 0, login.output
     result = run(env, "server", "remove", "web-1", "--yes")
     assert result.exit_code == 0, result.output
@@ -80,6 +88,8 @@ def test_remove_after_login(services, env) -> None:
 
 
 def test_uninitialised_home_is_a_clear_error(tmp_path) -> None:
-    result = CliRunner().invoke(cli, ["server", "list"], env={"TUNDRA_HOME": str(tmp_path / "none")})
+    result = CliRunner().invoke(
+        cli, ["server", "list"], env={"TUNDRA_HOME": str(tmp_path / "none")}
+    )
     assert result.exit_code in {ExitStatus.CONFIG, ExitStatus.UNAVAILABLE}
     assert "tundra init" in result.stderr

@@ -20,6 +20,13 @@ def test_every_setting_is_documented_with_its_variable() -> None:
         assert f"`{setting.env}`" in text
 
 
+def test_the_settings_page_is_generated_from_the_declarations() -> None:
+    import runpy
+
+    render = runpy.run_path(str(DOCS.parents[1] / "scripts" / "settings_doc.py"))["render"]
+    assert DOCS.read_text() == render(), "docs/settings.md is stale: run `make docs`"
+
+
 def test_declarations_and_the_settings_object_agree() -> None:
     declared = {s.name for s in SETTINGS}
     attributes = {f.name for f in fields(Settings)} - {"sources"}

@@ -323,7 +323,7 @@ class KeyService:
     def rotate_master(
         self, principal: Principal, *, request_id: str | None = None
     ) -> MasterRotationResult:
-        """Re-wrap the keyring under a new master key (admins only; needs a fresh authentication)."""
+        """Re-wrap the keyring under a new master key (admins only; needs a fresh auth)."""
         from tundra.core.identity.users import require_admin
 
         require_admin(self._services, principal, request_id=request_id)

@@ -63,7 +63,7 @@ def write_secret_file(path: Path, data: bytes, *, mode: int = 0o400, replace: bo
             os.fchmod(fd, mode)  # the umask may have narrowed it; make it exact
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -91,27 +91,36 @@ class FileProblem:
         return f"{self.problem} (fix: {self.fix})"
 
 
-def inspect_secret_file(path: Path, *, mode: int = 0o400, uid: int | None = None) -> list[FileProblem]:
+def inspect_secret_file(
+    path: Path, *, mode: int = 0o400, uid: int | None = None
+) -> list[FileProblem]:
     """Every reason ``path`` is not a safe secret file: symlink, not regular, mode, owner."""
     expected_uid = os.geteuid() if uid is None else uid
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        return [FileProblem(f"{path} does not exist", "run `tundra init`, or restore it from backup")]
+        return [
+            FileProblem(f"{path} does not exist", "run `tundra init`, or restore it from backup")
+        ]
     problems = []
     if stat.S_ISLNK(info.st_mode):
-        return [FileProblem(f"{path} is a symbolic link",
-                            "replace the link with the key file itself")]
+        return [
+            FileProblem(f"{path} is a symbolic link", "replace the link with the key file itself")
+        ]
     if not stat.S_ISREG(info.st_mode):
         return [FileProblem(f"{path} is not a regular file", "restore the key file from backup")]
     actual = stat.S_IMODE(info.st_mode)
     if actual != mode:
-        problems.append(FileProblem(f"{path} has mode {actual:04o}, not {mode:04o}",
-                                    f"chmod {mode:04o} {path}"))
+        problems.append(
+            FileProblem(f"{path} has mode {actual:04o}, not {mode:04o}", f"chmod {mode:04o} {path}")
+        )
     if info.st_uid != expected_uid:
-        problems.append(FileProblem(
-            f"{path} is owned by uid {info.st_uid}, not the service user (uid {expected_uid})",
-            f"chown {expected_uid} {path}"))
+        problems.append(
+            FileProblem(
+                f"{path} is owned by uid {info.st_uid}, not the service user (uid {expected_uid})",
+                f"chown {expected_uid} {path}",
+            )
+        )
     return problems
 
 

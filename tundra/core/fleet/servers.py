@@ -45,21 +45,35 @@ class Server:
     updated_at: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "address": self.address,
-                "tags": list(self.tags), "status": self.status,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "address": self.address,
+            "tags": list(self.tags),
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
     @classmethod
     def from_row(cls, row: Row) -> Server:
-        return cls(id=row["id"], name=row["name"], address=row["address"],
-                   tags=tuple(json.loads(row["tags"])), status=row["status"],
-                   created_at=row["created_at"], updated_at=row["updated_at"])
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            address=row["address"],
+            tags=tuple(json.loads(row["tags"])),
+            status=row["status"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
 
 
 def validate_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
-        raise InvalidInput(f"invalid server name {name!r}",
-                           hint="use lowercase letters, digits, '.' and '-', at most 63 characters")
+        raise InvalidInput(
+            f"invalid server name {name!r}",
+            hint="use lowercase letters, digits, '.' and '-', at most 63 characters",
+        )
     return name
 
 
@@ -70,17 +84,19 @@ def validate_address(address: str) -> str:
         pass
     if HOSTNAME_RE.fullmatch(address) and not address.replace(".", "").isdigit():
         return address.lower()
-    raise InvalidInput(f"invalid server address {address!r}",
-                       hint="give an IPv4/IPv6 address or a DNS host name")
+    raise InvalidInput(
+        f"invalid server address {address!r}", hint="give an IPv4/IPv6 address or a DNS host name"
+    )
 
 
 def validate_tags(tags: Iterable[str]) -> tuple[str, ...]:
     result = []
     for tag in tags:
         if not TAG_RE.fullmatch(tag):
-            raise InvalidInput(f"invalid tag {tag!r}",
-                               hint="tags are lowercase, start with a letter or digit, "
-                                    "and may contain _ . : = -")
+            raise InvalidInput(
+                f"invalid tag {tag!r}",
+                hint="tags are lowercase, start with a letter or digit, and may contain _ . : = -",
+            )
         if tag not in result:
             result.append(tag)
     return tuple(sorted(result))
@@ -90,12 +106,23 @@ class ServerService:
     def __init__(self, services: Services) -> None:
         self._services = services
 
-    def _require(self, principal: Principal, scope: str, name: str | None = None, *,
-                 request_id: str | None = None) -> None:
+    def _require(
+        self,
+        principal: Principal,
+        scope: str,
+        name: str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> None:
         from tundra.core.identity.scopes import require
 
-        require(self._services, principal, scope, ("server", name) if name else None,
-                request_id=request_id)
+        require(
+            self._services,
+            principal,
+            scope,
+            ("server", name) if name else None,
+            request_id=request_id,
+        )
 
     def _visible(self, principal: Principal, servers: list[Server]) -> list[Server]:
         allowed = principal.resources.get("server")
@@ -103,8 +130,9 @@ class ServerService:
             return servers
         return [s for s in servers if s.name in allowed]
 
-    def list(self, principal: Principal, *, tag: str | None = None,
-             request_id: str | None = None) -> list[Server]:
+    def list(
+        self, principal: Principal, *, tag: str | None = None, request_id: str | None = None
+    ) -> list[Server]:
         self._require(principal, "servers:read", request_id=request_id)
         with self._services.db.read() as tx:
             rows = tx.fetchall("SELECT * FROM servers ORDER BY name")
@@ -121,14 +149,27 @@ class ServerService:
             raise NotFound(f"no server named {name!r}", hint="see `tundra server list`")
         return Server.from_row(row)
 
-    def add(self, principal: Principal, *, name: str, address: str, tags: Sequence[str] = (),
-            request_id: str | None = None) -> Server:
+    def add(
+        self,
+        principal: Principal,
+        *,
+        name: str,
+        address: str,
+        tags: Sequence[str] = (),
+        request_id: str | None = None,
+    ) -> Server:
         validate_name(name)
         self._require(principal, "servers:write", name, request_id=request_id)
         now = now_iso()
-        server = Server(id=new_id(), name=name, address=validate_address(address),
-                        tags=validate_tags(tags), status=STATUS_PENDING,
-                        created_at=now, updated_at=now)
+        server = Server(
+            id=new_id(),
+            name=name,
+            address=validate_address(address),
+            tags=validate_tags(tags),
+            status=STATUS_PENDING,
+            created_at=now,
+            updated_at=now,
+        )
         try:
             with unit_of_work(self._services.db, principal, request_id=request_id) as uow:
                 uow.execute(
@@ -136,14 +177,24 @@ class ServerService:
                     " VALUES (:id, :name, :address, :tags, :status, :created_at, :updated_at)",
                     {**server.as_dict(), "tags": json.dumps(list(server.tags))},
                 )
-                uow.record(Action.SERVER_CREATE, f"server:{name}",
-                           {"id": server.id, "address": server.address, "tags": list(server.tags)})
+                uow.record(
+                    Action.SERVER_CREATE,
+                    f"server:{name}",
+                    {"id": server.id, "address": server.address, "tags": list(server.tags)},
+                )
         except UniqueViolation as exc:
             raise AlreadyExists(f"a server named {name!r} exists already") from exc
         return server
 
-    def update(self, principal: Principal, name: str, *, address: str | None = None,
-               tags: Sequence[str] | None = None, request_id: str | None = None) -> Server:
+    def update(
+        self,
+        principal: Principal,
+        name: str,
+        *,
+        address: str | None = None,
+        tags: Sequence[str] | None = None,
+        request_id: str | None = None,
+    ) -> Server:
         self._require(principal, "servers:write", name, request_id=request_id)
         changes: dict[str, Any] = {}
         if address is not None:
@@ -162,12 +213,18 @@ class ServerService:
             uow.execute(
                 "UPDATE servers SET address = :address, tags = :tags, updated_at = :now"
                 " WHERE id = :id",
-                {"address": changed.get("address", current.address),
-                 "tags": json.dumps(changed.get("tags", list(current.tags))),
-                 "now": now_iso(), "id": current.id},
+                {
+                    "address": changed.get("address", current.address),
+                    "tags": json.dumps(changed.get("tags", list(current.tags))),
+                    "now": now_iso(),
+                    "id": current.id,
+                },
             )
-            uow.record(Action.SERVER_UPDATE, f"server:{name}",
-                       {"before": {k: before[k] for k in changed}, "after": changed})
+            uow.record(
+                Action.SERVER_UPDATE,
+                f"server:{name}",
+                {"before": {k: before[k] for k in changed}, "after": changed},
+            )
             row = uow.fetchone("SELECT * FROM servers WHERE id = :id", {"id": current.id})
         assert row is not None
         return Server.from_row(row)
@@ -182,7 +239,8 @@ class ServerService:
                 raise NotFound(f"no server named {name!r}", hint="see `tundra server list`")
             server = Server.from_row(row)
             uow.execute("DELETE FROM servers WHERE id = :id", {"id": server.id})
-            uow.record(Action.SERVER_DELETE, f"server:{name}",
-                       {"id": server.id, "address": server.address})
+            uow.record(
+                Action.SERVER_DELETE, f"server:{name}", {"id": server.id, "address": server.address}
+            )
         self._services.audit.checkpoint_after_sensitive()
         return server

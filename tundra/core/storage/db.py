@@ -106,8 +106,7 @@ class Database(ABC):
                 from tundra.core.clock import now_iso
 
                 tx.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at)"
-                    " VALUES (:v, :n, :t)",
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)",
                     {"v": version, "n": name, "t": now_iso()},
                 )
                 applied.append(version)
@@ -137,7 +136,8 @@ def load_migrations(dialect: str) -> list[tuple[int, str, list[str]]]:
 
 def split_sql(script: str) -> list[str]:
     """Split a migration into statements: each ends with ``;`` at the end of a line."""
-    statements, current = [], []
+    statements: list[str] = []
+    current: list[str] = []
     for line in script.splitlines():
         if line.strip().startswith("--") and not current:
             continue
@@ -182,5 +182,7 @@ def open_database(url: str, *, sqlite_path: str | None = None) -> Database:
         return SqliteDatabase(urlsplit(url).path)
     from tundra.core.errors import ConfigError
 
-    raise ConfigError(f"unsupported database URL scheme {scheme!r}",
-                      hint="use postgresql://… or leave database_url empty for SQLite")
+    raise ConfigError(
+        f"unsupported database URL scheme {scheme!r}",
+        hint="use postgresql://… or leave database_url empty for SQLite",
+    )

@@ -51,7 +51,7 @@ class KV(ABC):
     def close(self) -> None:
         """Release every connection (at shutdown)."""
 
-    def close_thread(self) -> None:
+    def close_thread(self) -> None:  # noqa: B027 - a no-op for stores without per-thread state
         """Release the calling thread's connection, where connections are per thread."""
 
     @contextmanager

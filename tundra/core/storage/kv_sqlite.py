@@ -18,8 +18,7 @@ from tundra.core.storage.kv import KV
 from tundra.core.storage.sqlite import connect_sqlite
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS kv ("
-    " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)"
+    "CREATE TABLE IF NOT EXISTS kv ( key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)"
 )
 _SWEEP_EVERY = 500
 
@@ -58,8 +57,9 @@ class SqliteKV(KV):
     def sweep(self) -> int:
         """Delete expired keys; returns how many."""
         conn = self._conn()
-        cur = conn.execute("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                           (time.time(),))
+        cur = conn.execute(
+            "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?", (time.time(),)
+        )
         return cur.rowcount
 
     @staticmethod
@@ -71,10 +71,14 @@ class SqliteKV(KV):
         return time.time() + ttl
 
     def get(self, key: str) -> bytes | None:
-        row = self._conn().execute(
-            "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (key, time.time()),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         # Counters are stored as text (so SQL can add to them); Valkey returns them as bytes too.
@@ -119,8 +123,10 @@ class SqliteKV(KV):
 
     def delete(self, key: str) -> bool:
         with self._tx() as conn:
-            cur = conn.execute("DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-                               (key, time.time()))
+            cur = conn.execute(
+                "DELETE FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            )
             return bool(cur.rowcount)
 
     def delete_if_equals(self, key: str, value: bytes) -> bool:
@@ -130,10 +136,15 @@ class SqliteKV(KV):
 
     def ttl(self, key: str) -> float | None:
         now = time.time()
-        row = self._conn().execute(
-            "SELECT expires_at FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (key, now),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT expires_at FROM kv"
+                " WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (key, now),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         return math.inf if row[0] is None else row[0] - now

@@ -42,13 +42,15 @@ class PostgresTransaction(Transaction):
     def _cursor(self, sql: str, params: Params | None) -> psycopg.Cursor[Any]:
         try:
             if params:
-                return self._conn.execute(to_pyformat(sql), dict(params))  # type: ignore[arg-type]
-            return self._conn.execute(sql.replace("%", "%%") if "%" in sql else sql)  # type: ignore[arg-type]
+                return self._conn.execute(to_pyformat(sql), dict(params))
+            # Without parameters psycopg sends the text as it is: no placeholder, no escaping.
+            return self._conn.execute(sql)
         except psycopg.errors.UniqueViolation as exc:
             raise UniqueViolation(str(exc)) from exc
         except psycopg.errors.UndefinedTable as exc:
-            raise NotInitialized(f"the database has no Tundra schema ({str(exc).strip()})",
-                                 hint="run `tundra init`") from exc
+            raise NotInitialized(
+                f"the database has no Tundra schema ({str(exc).strip()})", hint="run `tundra init`"
+            ) from exc
 
     def execute(self, sql: str, params: Params | None = None) -> int:
         return self._cursor(sql, params).rowcount
@@ -75,12 +77,14 @@ class PostgresDatabase(Database):
         self.url = url
         self.label = redact_url(url)
         self._connections: ThreadConnections[psycopg.Connection[Any]] = ThreadConnections(
-            self._open)
+            self._open
+        )
 
     def _open(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                                   connect_timeout=10)
+            return psycopg.connect(
+                self.url, autocommit=True, row_factory=dict_row, connect_timeout=10
+            )
         except psycopg.Error as exc:
             raise StorageUnavailable(
                 f"cannot connect to PostgreSQL at {self.label}: {str(exc).strip()}"

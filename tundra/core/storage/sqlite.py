@@ -20,7 +20,9 @@ def connect_sqlite(path: str | Path) -> sqlite3.Connection:
     """A connection with Tundra's pragmas: WAL, full sync, foreign keys, a long busy timeout."""
     try:
         conn = sqlite3.connect(
-            str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            str(path),
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -51,8 +53,10 @@ def _ensure_wal(conn: sqlite3.Connection) -> None:
 def _raise_if_undecodable(exc: sqlite3.OperationalError) -> None:
     """Text that is not UTF-8 can only come from tampering or corruption: say so, clearly."""
     if "Could not decode to UTF-8" in str(exc):
-        raise IntegrityError(f"the database holds text that is not valid UTF-8, so it was "
-                             f"modified outside Tundra or is corrupt ({exc})") from exc
+        raise IntegrityError(
+            f"the database holds text that is not valid UTF-8, so it was "
+            f"modified outside Tundra or is corrupt ({exc})"
+        ) from exc
 
 
 def _dict_rows(cursor: sqlite3.Cursor, rows: list[Any]) -> list[Row]:
@@ -71,8 +75,9 @@ class SqliteTransaction(Transaction):
             return self._conn.execute(sql, dict(params or {}))
         except sqlite3.OperationalError as exc:
             if str(exc).startswith("no such table"):
-                raise NotInitialized(f"the database has no Tundra schema ({exc})",
-                                     hint="run `tundra init`") from exc
+                raise NotInitialized(
+                    f"the database has no Tundra schema ({exc})", hint="run `tundra init`"
+                ) from exc
             _raise_if_undecodable(exc)
             raise
         except sqlite3.IntegrityError as exc:
@@ -122,8 +127,9 @@ class SqliteDatabase(Database):
 
     def _open(self) -> sqlite3.Connection:
         if not self.path.exists():
-            raise NotInitialized(f"no Tundra database at {self.path}",
-                                 hint="run `tundra init`, or set TUNDRA_HOME")
+            raise NotInitialized(
+                f"no Tundra database at {self.path}", hint="run `tundra init`, or set TUNDRA_HOME"
+            )
         return connect_sqlite(self.path)
 
     def _conn(self) -> sqlite3.Connection:
@@ -137,7 +143,9 @@ class SqliteDatabase(Database):
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"the SQLite database {self.path} is unavailable: {exc}") from exc
+            raise StorageUnavailable(
+                f"the SQLite database {self.path} is unavailable: {exc}"
+            ) from exc
         try:
             yield SqliteTransaction(conn)
         except BaseException:

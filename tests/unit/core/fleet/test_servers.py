@@ -22,8 +22,9 @@ def audit_rows(services, action: str) -> list[dict]:
 
 def test_add_list_show_update(services) -> None:
     me = cli_principal()
-    added = services.servers.add(me, name="web-1", address="203.0.113.10", tags=["prod", "eu"],
-                                 request_id="req-add-1")
+    added = services.servers.add(
+        me, name="web-1", address="203.0.113.10", tags=["prod", "eu"], request_id="req-add-1"
+    )
     assert added.status == "pending"
     assert [s.name for s in services.servers.list(me)] == ["web-1"]
     assert services.servers.get(me, "web-1").tags == ("eu", "prod")
@@ -90,8 +91,14 @@ def test_remove_is_sensitive(services) -> None:
 
 def _token(scopes: set[str], servers: tuple[str, ...] = ()) -> Principal:
     resources = {"server": servers} if servers else {}
-    return Principal(PrincipalKind.TOKEN, "tnd_live_abcd", user_id=None,
-                     scopes=frozenset(scopes), resources=resources, token_id="t1")
+    return Principal(
+        PrincipalKind.TOKEN,
+        "tnd_live_abcd",
+        user_id=None,
+        scopes=frozenset(scopes),
+        resources=resources,
+        token_id="t1",
+    )
 
 
 def test_token_scopes_and_resource_restrictions(services) -> None:

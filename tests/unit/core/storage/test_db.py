@@ -7,7 +7,13 @@ import threading
 import pytest
 
 from tundra.core.settings import Settings
-from tundra.core.storage.db import UniqueViolation, load_migrations, open_database, redact_url, split_sql
+from tundra.core.storage.db import (
+    UniqueViolation,
+    load_migrations,
+    open_database,
+    redact_url,
+    split_sql,
+)
 
 
 @pytest.fixture
@@ -48,10 +54,23 @@ def test_named_parameters_round_trip_text_bytes_and_integers(db) -> None:
     assert bytes(row["wrapped"]) == b"\x00\xffbytes"
 
 
+def test_percent_signs_survive_with_and_without_parameters(db) -> None:
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('pct', '100%')")
+    with db.read() as tx:
+        assert tx.fetchval("SELECT value FROM meta WHERE key = 'pct'") == "100%"
+        assert tx.fetchval("SELECT value FROM meta WHERE value LIKE '100%'") == "100%"
+        assert tx.fetchval("SELECT value FROM meta WHERE value LIKE :p", {"p": "100%"}) == "100%"
+
+
 def test_exception_rolls_back_the_whole_transaction(db) -> None:
-    with pytest.raises(RuntimeError), db.transaction() as tx:
-        tx.execute("INSERT INTO meta (key, value) VALUES ('x', '1')")
-        raise RuntimeError("boom")
+    def fail_after_a_write() -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO meta (key, value) VALUES ('x', '1')")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail_after_a_write()
     with db.read() as tx:
         assert tx.fetchval("SELECT count(*) FROM meta WHERE key = 'x'") == 0
 
@@ -66,7 +85,9 @@ def test_unique_violation_is_one_exception_on_both_drivers(db) -> None:
 def test_iterate_streams_every_row_in_batches(db) -> None:
     with db.transaction() as tx:
         for i in range(1234):
-            tx.execute("INSERT INTO meta (key, value) VALUES (:k, :v)", {"k": f"k{i:05}", "v": str(i)})
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (:k, :v)", {"k": f"k{i:05}", "v": str(i)}
+            )
     with db.read() as tx:
         keys = [r["key"] for r in tx.iterate("SELECT key FROM meta ORDER BY key", size=100)]
     assert len(keys) == 1234 and keys[0] == "k00000" and keys[-1] == "k01233"
@@ -80,7 +101,7 @@ def test_connections_are_per_thread(db) -> None:
             for i in range(20):
                 with db.transaction() as tx:
                     tx.execute("INSERT INTO meta (key, value) VALUES (:k, 'v')", {"k": f"t{n}-{i}"})
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             db.close_thread()

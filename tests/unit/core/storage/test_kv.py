@@ -75,19 +75,20 @@ def test_many_threads_opening_a_new_embedded_store_at_once(tmp_path: Path) -> No
 
     from tundra.core.storage.kv_sqlite import SqliteKV
 
+    def touch(store: SqliteKV, n: int, failures: list[BaseException]) -> None:
+        try:
+            store.set_if_absent(f"k{n}", b"v", ttl=5)
+        except BaseException as exc:  # collected and asserted below
+            failures.append(exc)
+        finally:
+            store.close_thread()
+
     for attempt in range(10):
         store = SqliteKV(tmp_path / f"fresh-{attempt}.db")
         failures: list[BaseException] = []
-
-        def touch(n: int) -> None:
-            try:
-                store.set_if_absent(f"k{n}", b"v", ttl=5)
-            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
-                failures.append(exc)
-            finally:
-                store.close_thread()
-
-        threads = [threading.Thread(target=touch, args=(n,)) for n in range(8)]
+        threads = [
+            threading.Thread(target=touch, args=(store, n, failures)) for n in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -104,9 +105,8 @@ def test_delete_if_equals_only_deletes_the_expected_value(kv) -> None:
 
 
 def test_lock_excludes_a_second_holder_and_is_released(kv) -> None:
-    with kv.lock("rotation", ttl=5):
-        with pytest.raises(LockNotAcquired), kv.lock("rotation", ttl=5):
-            pass
+    with kv.lock("rotation", ttl=5), pytest.raises(LockNotAcquired), kv.lock("rotation", ttl=5):
+        pass
     with kv.lock("rotation", ttl=5):
         pass
 
