@@ -2,13 +2,15 @@
 
 Passwords come only from a hidden prompt (asked twice) or standard input, never from an option:
 an option ends up in the shell history and in ``ps`` output for every local user to read.
+A new TOTP key takes effect only once a code from the app confirms it, asked for at the
+terminal; ``--activate-now`` is the explicit exception for scripted provisioning.
 """
 
 from __future__ import annotations
 
 import base64
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -17,7 +19,10 @@ from tundra.cli import auth
 from tundra.cli.context import principal, services
 from tundra.cli.output import info, print_fields, print_json, print_table, success, warn
 from tundra.core.crypto.primitives import random_bytes
-from tundra.core.errors import InvalidInput
+from tundra.core.errors import AuthenticationFailed, InvalidInput
+
+if TYPE_CHECKING:
+    from tundra.core.identity.totp import Enrollment
 
 app = typer.Typer(
     help="Manage users, passwords and TOTP.",
@@ -152,21 +157,77 @@ def enable(name: NameArgument) -> None:
     success(f"user {name} enabled")
 
 
-@totp_app.command("enroll", epilog="Example: tundra user totp enroll alice")
-def totp_enroll(name: NameArgument, as_json: JsonOption = False) -> None:
-    """Give a user a TOTP secret and show it once, as a QR code and an otpauth:// URI."""
-    enrollment = services().totp.enroll(principal(), name)
+#: Codes a person may try at the enrolment prompt before the command gives up (storing nothing).
+CONFIRM_TRIES = 3
+
+
+def _show_enrollment(name: str, enrollment: Enrollment, *, as_json: bool) -> None:
     if as_json:
         print_json(
             {"user": name, "otpauth_uri": enrollment.otpauth_uri, "secret": enrollment.secret_b32}
         )
-    else:
-        import segno
+        return
+    import segno
 
-        segno.make(enrollment.otpauth_uri, error="m").terminal(out=sys.stdout, compact=True)
-        sys.stdout.write(f"{enrollment.otpauth_uri}\n")
-        info("Scan the QR code (or enter the URI) in the authenticator app.")
-    warn("the TOTP secret is shown only now; it is required at every login from here on")
+    segno.make(enrollment.otpauth_uri, error="m").terminal(out=sys.stdout, compact=True)
+    sys.stdout.write(f"{enrollment.otpauth_uri}\n")
+    info("Scan the QR code (or enter the URI) in the authenticator app.")
+
+
+def _prompt_code() -> str:
+    # On stderr, so that with --json standard output holds exactly the JSON object.
+    return str(click.prompt("Code shown by the authenticator app", err=True)).strip()
+
+
+@totp_app.command(
+    "enroll",
+    epilog="Example: tundra user totp enroll alice   (scripted: --activate-now --json)",
+)
+def totp_enroll(
+    name: NameArgument,
+    as_json: JsonOption = False,
+    activate_now: Annotated[
+        bool,
+        typer.Option(
+            "--activate-now",
+            help="Turn TOTP on at once, without a confirming code: for scripted provisioning"
+            " (no terminal needed).",
+        ),
+    ] = False,
+) -> None:
+    """Show a new TOTP key (QR code, otpauth:// URI); it takes effect once a code confirms it."""
+    # At a terminal, only an accepted code turns TOTP on. Without one, nothing is stored and the
+    # command refuses, unless --activate-now asks for the key to be active at once (whoever runs
+    # the script must load it into the app). A --code option cannot exist: no code is known
+    # before the key is shown.
+    svc = services()
+    if activate_now:
+        enrollment = svc.totp.enroll(principal(), name)
+        _show_enrollment(name, enrollment, as_json=as_json)
+        warn(
+            f"TOTP is on for {name} now, unconfirmed: every login needs a code from here on;"
+            " the secret is shown only now"
+        )
+        return
+    # Stores nothing: a refused user name or an existing enrolment is reported before anything.
+    enrollment = svc.totp.begin_enrollment(principal(), name)
+    if not auth.interactive():
+        raise InvalidInput(
+            "no terminal to ask for a code from the authenticator app; nothing was changed",
+            hint="run it at a terminal, or pass --activate-now to turn TOTP on without a code",
+        )
+    _show_enrollment(name, enrollment, as_json=as_json)
+    info("Nothing is stored until a code is accepted (Ctrl-C abandons the enrolment).")
+    for attempt in range(1, CONFIRM_TRIES + 1):
+        try:
+            svc.totp.complete_enrollment(principal(), name, enrollment.secret_b32, _prompt_code())
+        except AuthenticationFailed as exc:
+            if attempt == CONFIRM_TRIES:
+                raise
+            warn(exc.message)
+            continue
+        break
+    success(f"TOTP is on for {name}: every login needs a code from the authenticator app")
 
 
 @totp_app.command("disable", epilog="Example: tundra user totp disable alice")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pyotp
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 
 from tundra.cli.app import cli
 from tundra.cli.exit import ExitStatus
-from tundra.core.errors import NotFound
+from tundra.core.errors import AuthenticationFailed, NotFound
 
 PASSWORD = "bob's long passphrase"
 
@@ -127,23 +129,110 @@ def test_disable_and_enable(services, env) -> None:
     assert not services.users.get("bob").disabled
 
 
-def test_totp_enroll_prints_the_uri_and_a_qr_code(services, env) -> None:
-    result = run(env, "user", "totp", "enroll", "admin")
+ADMIN_PASSWORD = "correct horse battery staple"
+#: The secret the enrolment will make, fixed so that a test can type its code at the prompt.
+KNOWN_RAW = bytes(range(20))
+KNOWN_SECRET = base64.b32encode(KNOWN_RAW).decode("ascii")
+
+
+@pytest.fixture
+def known_secret(monkeypatch) -> pyotp.TOTP:
+    monkeypatch.setattr("tundra.core.identity.totp.random_bytes", lambda n: KNOWN_RAW[:n])
+    return pyotp.TOTP(KNOWN_SECRET)
+
+
+@pytest.fixture
+def terminal(monkeypatch) -> None:
+    monkeypatch.setattr("tundra.cli.auth.interactive", lambda: True)
+
+
+def last_step(services, name: str = "admin"):
+    with services.db.read() as tx:
+        return tx.fetchval("SELECT totp_last_step FROM users WHERE name = :n", {"n": name})
+
+
+def test_totp_enroll_at_a_terminal_asks_for_a_code_first(services, env, terminal,
+                                                         known_secret) -> None:
+    code = known_secret.now()
+    result = run(env, "user", "totp", "enroll", "admin", stdin=f"{code}\n")
+    assert result.exit_code == 0, result.output
+    uri = next(line for line in result.stdout.splitlines() if line.startswith("otpauth://"))
+    assert parse_qs(urlsplit(uri).query)["secret"] == [KNOWN_SECRET]
+    assert "█" in result.stdout or "▀" in result.stdout or "▄" in result.stdout  # the QR code
+    assert "Code shown by the authenticator app" in result.stderr
+    assert "TOTP is on for admin" in result.stderr
+    assert services.users.get("admin").totp_enrolled
+    # The confirming code is used up: it cannot log in.
+    assert last_step(services) is not None
+    with pytest.raises(AuthenticationFailed):
+        services.users.authenticate("admin", ADMIN_PASSWORD, code)
+
+
+def test_totp_enroll_wrong_codes_store_nothing(services, env, terminal, known_secret) -> None:
+    valid = {known_secret.at(time.time() + 30 * s) for s in (-1, 0, 1, 2)}
+    wrong = next(c for c in ("000000", "111111", "222222", "333333") if c not in valid)
+    result = run(env, "user", "totp", "enroll", "admin", stdin=f"{wrong}\n" * 3)
+    assert result.exit_code == ExitStatus.AUTH_FAILED, result.output
+    assert "TOTP was not turned on" in result.stderr
+    assert result.stderr.count("Code shown by the authenticator app") == 3
+    assert not services.users.get("admin").totp_enrolled
+    assert services.users.authenticate("admin", ADMIN_PASSWORD).is_admin  # no code needed
+    # A wrong code, then the right one.
+    retry = run(env, "user", "totp", "enroll", "admin", stdin=f"{wrong}\n{known_secret.now()}\n")
+    assert retry.exit_code == 0, retry.output
+    assert "TOTP was not turned on" in retry.stderr
+    assert services.users.get("admin").totp_enrolled
+
+
+def test_totp_enroll_abandoned_at_the_prompt_stores_nothing(services, env, terminal) -> None:
+    result = run(env, "user", "totp", "enroll", "admin", stdin="")  # end of input: Ctrl-D
+    assert result.exit_code != 0
+    assert "otpauth://" in result.stdout
+    assert not services.users.get("admin").totp_enrolled
+    assert services.users.authenticate("admin", ADMIN_PASSWORD).is_admin
+    assert last_step(services) is None
+
+
+def test_totp_enroll_without_a_terminal_refuses_and_shows_nothing(services, env) -> None:
+    for args in (["admin"], ["admin", "--json"]):
+        result = run(env, "user", "totp", "enroll", *args)
+        assert result.exit_code == ExitStatus.USAGE, result.output
+        assert "--activate-now" in result.stderr
+        assert "otpauth://" not in result.output
+        assert not services.users.get("admin").totp_enrolled
+
+
+def test_totp_enroll_json_at_a_terminal_keeps_stdout_json(services, env, terminal,
+                                                          known_secret) -> None:
+    result = run(env, "user", "totp", "enroll", "admin", "--json",
+                 stdin=f"{known_secret.now()}\n")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data == {"user": "admin", "otpauth_uri": data["otpauth_uri"], "secret": KNOWN_SECRET}
+    assert services.users.get("admin").totp_enrolled
+
+
+def test_totp_enroll_activate_now_prints_the_uri_and_a_qr_code(services, env) -> None:
+    result = run(env, "user", "totp", "enroll", "admin", "--activate-now")
     assert result.exit_code == 0, result.stderr
     uri = next(line for line in result.stdout.splitlines() if line.startswith("otpauth://"))
     secret = parse_qs(urlsplit(uri).query)["secret"][0]
     assert "█" in result.stdout or "▀" in result.stdout or "▄" in result.stdout  # the QR code
     assert services.users.get("admin").totp_enrolled
+    assert last_step(services) is None  # unconfirmed: no step used yet
     code = pyotp.TOTP(secret).now()
-    assert services.users.authenticate("admin", "correct horse battery staple", code).is_admin
+    assert services.users.authenticate("admin", ADMIN_PASSWORD, code).is_admin
     assert "shown only now" in result.stderr
 
 
 def test_totp_enroll_json_and_disable(services, env) -> None:
-    data = json.loads(run(env, "user", "totp", "enroll", "admin", "--json").stdout)
+    data = json.loads(run(env, "user", "totp", "enroll", "admin", "--activate-now",
+                          "--json").stdout)
     assert data["otpauth_uri"].startswith("otpauth://totp/")
     assert len(data["secret"]) == 32
-    again = run(env, "user", "totp", "enroll", "admin")
-    assert again.exit_code == ExitStatus.CONFLICT
+    for args in ([], ["--activate-now"]):
+        again = run(env, "user", "totp", "enroll", "admin", *args)
+        assert again.exit_code == ExitStatus.CONFLICT
+        assert "otpauth://" not in again.output
     assert run(env, "user", "totp", "disable", "admin").exit_code == 0
     assert not services.users.get("admin").totp_enrolled

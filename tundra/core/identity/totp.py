@@ -1,4 +1,4 @@
-"""TOTP (RFC 6238, pyotp): enrolment, verification with replay refusal, removal.
+"""TOTP (RFC 6238, pyotp): enrolment confirmed by a first code, verification, removal.
 
 The secret (20 random bytes) is stored encrypted with the keyring envelope, bound to
 ``users.totp_secret`` of that user's row. A code is accepted for the current 30-second step or
@@ -7,9 +7,12 @@ one step either side (clock drift). The step of the last accepted code is stored
 (``... WHERE totp_last_step IS NULL OR totp_last_step < :step``): of two concurrent uses of one
 code exactly one changes the row, the other is refused as a replay.
 
-Enrolment takes effect at once (there is no pending state waiting for a first code): the
-operator enrolling from the CLI sees the QR code and can check it with ``confirm``.
-See docs/identity.md.
+Enrolment is two calls, so a secret takes effect only once the user proved their authenticator
+holds it: :meth:`TotpService.begin_enrollment` makes a secret and its otpauth URI and stores
+nothing; the front end keeps the secret (the panel seals it in the pending login) and passes it
+back to :meth:`TotpService.complete_enrollment` with a code, which stores it and marks that
+code's step as used. An abandoned enrolment leaves nothing behind. :meth:`TotpService.enroll`
+activates at once without a code, for scripted provisioning only. See docs/identity.md.
 """
 
 from __future__ import annotations
@@ -24,9 +27,14 @@ import pyotp
 from tundra.core.audit.actions import Action
 from tundra.core.clock import epoch, now_iso
 from tundra.core.crypto.primitives import constant_time_equal, random_bytes
-from tundra.core.errors import AuthenticationFailed, Conflict
+from tundra.core.errors import AuthenticationFailed, Conflict, InvalidInput
 from tundra.core.identity.throttle import LoginThrottle
-from tundra.core.identity.users import TOTP_FAILED_MESSAGE, audit_resource, require_admin
+from tundra.core.identity.users import (
+    TOTP_FAILED_MESSAGE,
+    User,
+    audit_resource,
+    require_admin,
+)
 from tundra.core.principal import SYSTEM, Principal, PrincipalKind
 from tundra.core.services import Services
 from tundra.core.uow import UnitOfWork, record_only, unit_of_work
@@ -36,6 +44,11 @@ DIGITS = 6
 SECRET_BYTES = 20  # 160 bits, the HMAC-SHA1 block-friendly size RFC 4226 recommends
 DRIFT_STEPS = 1
 _CODE_RE = re.compile(r"[0-9]{6}")
+#: A wrong first code: it says that nothing changed, so the user knows to simply try again.
+ENROLL_CODE_MESSAGE = (
+    "the code does not match the new authenticator key; TOTP was not turned on."
+    " Enter the code the app shows now (and check the device's clock)"
+)
 
 
 @dataclass(frozen=True)
@@ -73,10 +86,13 @@ class TotpService:
 
     def matching_step(self, user_id: str, blob: bytes, code: str) -> int | None:
         """The time step ``code`` is valid for (now, or one step either side), else None."""
+        return self._step_for(lambda: self._secret(user_id, blob), code)
+
+    def _step_for(self, secret: Callable[[], str], code: str) -> int | None:
         code = code.replace(" ", "")
         if not _CODE_RE.fullmatch(code):
-            return None
-        totp = pyotp.TOTP(self._secret(user_id, blob), digits=DIGITS, interval=INTERVAL)
+            return None  # before the secret is decrypted: a malformed code costs nothing
+        totp = pyotp.TOTP(secret(), digits=DIGITS, interval=INTERVAL)
         now_step = int(self.clock() // INTERVAL)
         found = None
         for step in range(now_step - DRIFT_STEPS, now_step + DRIFT_STEPS + 1):
@@ -84,10 +100,7 @@ class TotpService:
                 found = step
         return found
 
-    def enroll(
-        self, principal: Principal, name: str, *, request_id: str | None = None
-    ) -> Enrollment:
-        """Give ``name`` a new TOTP secret. An administrator, or the user for themselves."""
+    def _enrollable(self, principal: Principal, name: str, request_id: str | None) -> User:
         user = self._services.users.get(name)
         _require_admin_or_self(self._services, principal, user.id, request_id=request_id)
         if user.totp_enrolled:
@@ -95,22 +108,88 @@ class TotpService:
                 f"user {name!r} has TOTP enrolled already",
                 hint=f"run `tundra user totp disable {name}` first",
             )
-        raw = random_bytes(SECRET_BYTES)
-        blob = self._services.keys.encrypt("users", "totp_secret", user.id, raw)
-        with unit_of_work(self._services.db, principal, request_id=request_id) as uow:
-            changed = uow.execute(
-                "UPDATE users SET totp_secret = :blob, totp_last_step = NULL, updated_at = :now"
-                " WHERE id = :id AND totp_secret IS NULL",
-                {"blob": blob, "now": now_iso(), "id": user.id},
-            )
-            if not changed:
-                raise Conflict(f"user {name!r} has TOTP enrolled already")
-            uow.record(Action.TOTP_ENROLL, f"user:{name}", {"id": user.id})
-        secret = base64.b32encode(raw).decode("ascii")
+        return user
+
+    def begin_enrollment(
+        self, principal: Principal, name: str, *, request_id: str | None = None
+    ) -> Enrollment:
+        """A new secret and its otpauth URI for ``name``, to show to the user. Stores nothing.
+
+        An administrator, or the user for themselves. The caller keeps the secret until the
+        user confirms it with :meth:`complete_enrollment`; dropping it abandons the enrolment.
+        """
+        self._enrollable(principal, name, request_id)
+        return self._new_secret(name)
+
+    def _new_secret(self, name: str) -> Enrollment:
+        secret = base64.b32encode(random_bytes(SECRET_BYTES)).decode("ascii")
         uri = pyotp.TOTP(secret, digits=DIGITS, interval=INTERVAL).provisioning_uri(
             name=name, issuer_name=self._services.settings.totp_issuer
         )
         return Enrollment(secret_b32=secret, otpauth_uri=uri)
+
+    def complete_enrollment(
+        self,
+        principal: Principal,
+        name: str,
+        secret_b32: str,
+        code: str,
+        *,
+        request_id: str | None = None,
+    ) -> None:
+        """Turn on the secret from :meth:`begin_enrollment` once ``code`` proves the app has it.
+
+        The code is checked against ``secret_b32`` with the usual +-1 step window; a wrong one
+        raises AuthenticationFailed and stores nothing. The accepted step is stored as the last
+        used one, so the confirming code cannot log in afterwards. Conflict when ``name`` has
+        TOTP already (checked again inside the write, against a concurrent enrolment).
+        """
+        user = self._enrollable(principal, name, request_id)
+        raw = _secret_bytes(secret_b32)
+        canonical = base64.b32encode(raw).decode("ascii")
+        step = self._step_for(lambda: canonical, code)
+        if step is None:
+            raise AuthenticationFailed(ENROLL_CODE_MESSAGE)
+        self._activate(principal, user, raw, step=step, request_id=request_id)
+
+    def enroll(
+        self, principal: Principal, name: str, *, request_id: str | None = None
+    ) -> Enrollment:
+        """Give ``name`` a new TOTP secret, active at once, with no confirming code.
+
+        For scripted provisioning only (``tundra user totp enroll --activate-now``): nobody has
+        shown that an authenticator holds the secret. People enrol with :meth:`begin_enrollment`
+        and :meth:`complete_enrollment`.
+        """
+        user = self._enrollable(principal, name, request_id)
+        enrollment = self._new_secret(name)
+        raw = _secret_bytes(enrollment.secret_b32)
+        self._activate(principal, user, raw, step=None, request_id=request_id)
+        return enrollment
+
+    def _activate(
+        self,
+        principal: Principal,
+        user: User,
+        raw: bytes,
+        *,
+        step: int | None,
+        request_id: str | None,
+    ) -> None:
+        blob = self._services.keys.encrypt("users", "totp_secret", user.id, raw)
+        with unit_of_work(self._services.db, principal, request_id=request_id) as uow:
+            changed = uow.execute(
+                "UPDATE users SET totp_secret = :blob, totp_last_step = :step, updated_at = :now"
+                " WHERE id = :id AND totp_secret IS NULL",
+                {"blob": blob, "step": step, "now": now_iso(), "id": user.id},
+            )
+            if not changed:
+                raise Conflict(f"user {user.name!r} has TOTP enrolled already")
+            uow.record(
+                Action.TOTP_ENROLL,
+                f"user:{user.name}",
+                {"id": user.id, "confirmed": step is not None},
+            )
 
     def verify(
         self,
@@ -180,6 +259,17 @@ class TotpService:
                 {"now": now_iso(), "id": user.id},
             )
             uow.record(Action.TOTP_DISABLE, f"user:{name}", {"id": user.id})
+
+
+def _secret_bytes(secret_b32: str) -> bytes:
+    """The raw secret; InvalidInput unless it is the size :meth:`begin_enrollment` makes."""
+    try:
+        raw = base64.b32decode(secret_b32, casefold=True)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != SECRET_BYTES:
+        raise InvalidInput("not a TOTP key made by Tundra; start the enrolment again")
+    return raw
 
 
 class _Replayed(Exception):
