@@ -9,7 +9,6 @@ test keeps the two in step.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -259,6 +258,10 @@ def _validate(values: dict[str, Any]) -> None:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    import tomllib
+
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)

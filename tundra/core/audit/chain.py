@@ -12,6 +12,7 @@ test keeps the two byte-identical.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -42,18 +43,24 @@ EXPORT_FIELDS = (
 #: SHA3-256 already fed the domain separator; ``.copy()`` it instead of starting over per row.
 PREFIXED_SHA3 = hashlib.sha3_256(DOMAIN)
 
-_SECRET_KEY = re.compile(
-    r"(^|_)(password|passwd|passphrase|secret|plaintext|private_key|secret_key|api_key|otp"
-    r"|totp_code|code|credential|authorization|cookie)s?($|_)",
-    re.IGNORECASE,
-)
-_TOKEN_LIKE = re.compile(r"tnd_[a-z0-9]{1,16}_[A-Za-z0-9_-]{43}")
-_PEM_PRIVATE = re.compile(
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL
-)
-# scheme://user:password@host: keep the user and host, drop the password.
-_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
 REDACTED = "[redacted]"
+
+
+@functools.cache
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """The redaction patterns, compiled on first use: read-only commands never pay for them."""
+    secret_key = re.compile(
+        r"(^|_)(password|passwd|passphrase|secret|plaintext|private_key|secret_key|api_key|otp"
+        r"|totp_code|code|credential|authorization|cookie)s?($|_)",
+        re.IGNORECASE,
+    )
+    token_like = re.compile(r"tnd_[a-z0-9]{1,16}_[A-Za-z0-9_-]{43}")
+    pem_private = re.compile(
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL
+    )
+    # scheme://user:password@host: keep the user and host, drop the password.
+    url_password = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+    return secret_key, token_like, pem_private, url_password
 
 
 def canonical_json(value: Any) -> bytes:
@@ -69,17 +76,18 @@ def redact(details: Any) -> Any:
     PEM private key or a URL password, and any ``bytes`` value (key material is bytes; nothing an
     operator needs to read is).
     """
+    secret_key, token_like, pem_private, url_password = _patterns()
     if isinstance(details, Mapping):
         return {
-            str(k): (REDACTED if _SECRET_KEY.search(str(k)) else redact(v))
+            str(k): (REDACTED if secret_key.search(str(k)) else redact(v))
             for k, v in details.items()
         }
     if isinstance(details, list | tuple | set | frozenset):
         return [redact(v) for v in details]
     if isinstance(details, str):
-        text = _TOKEN_LIKE.sub(REDACTED, details)
-        text = _PEM_PRIVATE.sub(REDACTED, text)
-        return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+        text = token_like.sub(REDACTED, details)
+        text = pem_private.sub(REDACTED, text)
+        return url_password.sub(rf"\1:{REDACTED}@", text)
     if isinstance(details, bytes | bytearray | memoryview):
         return REDACTED
     return details

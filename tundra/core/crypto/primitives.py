@@ -7,24 +7,26 @@ fsync, rename, fsync of the directory) and checked on load for type, mode and ow
 
 from __future__ import annotations
 
-import hmac
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 
 def random_bytes(n: int) -> bytes:
-    return secrets.token_bytes(n)
+    """``n`` bytes from the operating system's CSPRNG (what ``secrets`` uses, without importing
+    ``hmac`` and OpenSSL's hash bindings into every command that only needs an id)."""
+    return os.urandom(n)
 
 
 def new_id() -> str:
     """A fresh row id (128 random bits, hex). Generated before insert: it is part of the AAD."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 
 def constant_time_equal(a: bytes | str, b: bytes | str) -> bool:
+    import hmac
+
     if isinstance(a, str):
         a = a.encode()
     if isinstance(b, str):
@@ -56,7 +58,7 @@ def write_secret_file(path: Path, data: bytes, *, mode: int = 0o400, replace: bo
     """
     if path.exists() and not replace:
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:

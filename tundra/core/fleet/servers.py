@@ -7,7 +7,6 @@ here needs to change for that beyond new states and fields.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -25,9 +24,10 @@ from tundra.core.uow import unit_of_work
 if TYPE_CHECKING:
     from tundra.core.services import Services
 
-NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?")
-TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.:=-]{0,63}")
-HOSTNAME_RE = re.compile(
+# Patterns as text: ``re`` compiles (and caches) them on first use, so listing servers never pays.
+NAME_PATTERN = r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?"
+TAG_PATTERN = r"[a-z0-9][a-z0-9_.:=-]{0,63}"
+HOSTNAME_PATTERN = (
     r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 )
@@ -69,7 +69,7 @@ class Server:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidInput(
             f"invalid server name {name!r}",
             hint="use lowercase letters, digits, '.' and '-', at most 63 characters",
@@ -79,10 +79,12 @@ def validate_name(name: str) -> str:
 
 def validate_address(address: str) -> str:
     try:
+        import ipaddress
+
         return str(ipaddress.ip_address(address))
     except ValueError:
         pass
-    if HOSTNAME_RE.fullmatch(address) and not address.replace(".", "").isdigit():
+    if re.fullmatch(HOSTNAME_PATTERN, address) and not address.replace(".", "").isdigit():
         return address.lower()
     raise InvalidInput(
         f"invalid server address {address!r}", hint="give an IPv4/IPv6 address or a DNS host name"
@@ -92,7 +94,7 @@ def validate_address(address: str) -> str:
 def validate_tags(tags: Iterable[str]) -> tuple[str, ...]:
     result = []
     for tag in tags:
-        if not TAG_RE.fullmatch(tag):
+        if not re.fullmatch(TAG_PATTERN, tag):
             raise InvalidInput(
                 f"invalid tag {tag!r}",
                 hint="tags are lowercase, start with a letter or digit, and may contain _ . : = -",
