@@ -48,9 +48,7 @@ def renew(
     """Issue a new panel certificate from the internal CA when due (or with --force)."""
     svc = services()
     if svc.pki.operator_managed:
-        info(
-            "the panel uses the operator's certificate (tls_cert_file): renew it at its source"
-        )
+        info("the panel uses the operator's certificate (tls_cert_file): renew it at its source")
         return
     if svc.pki.ensure_panel_cert(principal(), force=force):
         success(
