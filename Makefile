@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The demo keeps its state in the checkout unless TUNDRA_HOME says otherwise.
 export TUNDRA_HOME ?= $(CURDIR)/tundra-home
 
-.PHONY: run test pytest lint format typecheck completions docs bench clean-demo
+.PHONY: run tour test pytest lint format typecheck completions docs bench clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
-## Set up, then run Tundra's main job on the embedded default (SQLite + embedded KV).
+## Set up, then run Tundra's main job on the embedded default (SQLite + embedded KV): initialise
+## $(TUNDRA_HOME) if needed and serve the panel and API until Ctrl-C.
 run: $(VENV)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/run.sh
+
+## A short command-line tour on the same home: servers, tokens, keys, audit.
+tour: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/tour.sh
 
 ## Set up, then run every check: ruff, mypy, the layering contract and the test suite.

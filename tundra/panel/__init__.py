@@ -1,1 +1,1 @@
-"""Reserved for the panel front end (later issues); present so the layering contract names it."""
+"""The web front end: the HTML panel and the REST API ``/api/v1``, served by ``tundra serve``."""
