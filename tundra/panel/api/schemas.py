@@ -1,0 +1,273 @@
+"""The API's JSON schemas: published in the OpenAPI document and enforced on every request.
+
+Patterns come from the core's own rules where the core has one (server names, tags, scopes), so
+the document describes exactly what the core accepts. Every pattern is anchored (``^…$``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tundra.core.fleet.servers import NAME_PATTERN, TAG_PATTERN
+from tundra.core.identity.scopes import SCOPES
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def anchored(pattern: str) -> str:
+    return f"^(?:{pattern})$"
+
+
+TIME = {"type": "string", "format": "date-time", "description": "UTC, ISO 8601"}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+SERVER_NAME: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 63,
+    "pattern": anchored(NAME_PATTERN),
+}
+TAG: Schema = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": anchored(TAG_PATTERN)}
+# RFC 3339 date-time, or a bare date (midnight UTC); a time without an offset is UTC.
+TIME_PARAM: Schema = {
+    "type": "string",
+    "format": "date-time",
+    "maxLength": 40,
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}"
+    r"(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?$",
+    "description": "RFC 3339 date-time (2025-01-31T12:00:00Z) or date (2025-01-31)",
+}
+#: A filter value: printable text without control characters.
+FILTER_TEXT: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": r"^[^\x00-\x1f\x7f]+$",
+}
+TOKEN_REF: Schema = {
+    "type": "string",
+    "pattern": r"^(?:[0-9a-f]{32}|tnd_[a-z0-9]{1,16}_[A-Za-z0-9_-]{8})$",
+    "description": "The token id, or its display prefix (tnd_live_XXXXXXXX)",
+}
+CURSOR: Schema = {
+    "type": "string",
+    "pattern": r"^[0-9]{1,18}$",
+    "description": "The `next` value of the previous page (opaque)",
+}
+MAX_TOKEN_LIFETIME = 5 * 366 * 86400
+DEFAULT_TOKEN_LIFETIME = 90 * 86400
+
+COMPONENTS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["code", "message", "request_id"],
+                "properties": {
+                    "code": {"type": "string", "description": "Stable, machine-readable"},
+                    "message": {"type": "string", "description": "One line for a person"},
+                    "request_id": {
+                        "type": "string",
+                        "description": "Also in X-Request-ID and the audit log",
+                    },
+                },
+            }
+        },
+    },
+    "Server": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "name", "address", "tags", "status", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": SERVER_NAME,
+            "address": {"type": "string"},
+            "tags": {"type": "array", "items": TAG},
+            "status": {"type": "string"},
+            "created_at": TIME,
+            "updated_at": TIME,
+        },
+    },
+    "ServerList": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["servers"],
+        "properties": {"servers": {"type": "array", "items": ref("Server")}},
+    },
+    "ServerCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "address"],
+        "properties": {
+            "name": SERVER_NAME,
+            "address": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 253,
+                "description": "IPv4/IPv6 address or DNS host name",
+            },
+            "tags": {"type": "array", "maxItems": 64, "items": TAG},
+        },
+    },
+    "ServerUpdate": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "address": {"type": "string", "minLength": 1, "maxLength": 253},
+            "tags": {
+                "type": "array",
+                "maxItems": 64,
+                "items": TAG,
+                "description": "Replaces the whole tag list",
+            },
+        },
+    },
+    "Token": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "id",
+            "name",
+            "prefix",
+            "owner",
+            "kind",
+            "scopes",
+            "servers",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "status",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "prefix": {"type": "string", "description": "Display prefix; never the token"},
+            "owner": {"type": "string"},
+            "kind": {"type": "string", "enum": ["api", "mcp"]},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "servers": {"type": "array", "items": {"type": "string"}},
+            "created_at": TIME,
+            "expires_at": NULLABLE_TIME,
+            "last_used_at": NULLABLE_TIME,
+            "revoked_at": NULLABLE_TIME,
+            "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+        },
+    },
+    "TokenList": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["tokens"],
+        "properties": {"tokens": {"type": "array", "items": ref("Token")}},
+    },
+    "TokenCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "scopes"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": r"^[^\x00-\x1f\x7f]+$",
+            },
+            "scopes": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": len(SCOPES),
+                "uniqueItems": True,
+                "items": {"type": "string", "enum": list(SCOPES)},
+                "description": "At most the calling token's own scopes; `admin` is "
+                "refused (403 reauth_required)",
+            },
+            "servers": {
+                "type": "array",
+                "maxItems": 64,
+                "uniqueItems": True,
+                "items": SERVER_NAME,
+                "description": "Restrict the new token to these servers",
+            },
+            "expires_in": {
+                "type": ["integer", "null"],
+                "minimum": 60,
+                "maximum": MAX_TOKEN_LIFETIME,
+                "default": DEFAULT_TOKEN_LIFETIME,
+                "description": "Lifetime in seconds; null: never expires",
+            },
+            "kind": {"type": "string", "enum": ["api", "mcp"], "default": "api"},
+        },
+    },
+    "CreatedToken": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["plaintext", "token"],
+        "properties": {
+            "plaintext": {"type": "string", "description": "Shown this once, never again"},
+            "token": ref("Token"),
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "seq",
+            "occurred_at",
+            "actor",
+            "action",
+            "resource",
+            "request_id",
+            "details",
+            "prev_hash",
+            "chain_hash",
+        ],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1},
+            "occurred_at": TIME,
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "resource": {"type": "string"},
+            "request_id": {"type": "string"},
+            "details": {"type": "object"},
+            "prev_hash": {"type": "string"},
+            "chain_hash": {"type": "string"},
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["entries", "next"],
+        "properties": {
+            "entries": {"type": "array", "items": ref("AuditEntry")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` for the next page; null on the last",
+            },
+        },
+    },
+    "AuditVerify": {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {"ok": {"type": "boolean"}},
+        "description": "The verification report (see docs/audit.md)",
+    },
+    "Me": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["actor", "user", "is_admin", "token"],
+        "properties": {
+            "actor": {"type": "string", "description": "As the audit log names you"},
+            "user": {"type": "string", "description": "The token's owner"},
+            "is_admin": {"type": "boolean"},
+            "token": ref("Token"),
+        },
+    },
+    "OpenApi": {"type": "object", "description": "This document"},
+}
