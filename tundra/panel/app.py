@@ -96,8 +96,8 @@ def create_app(services: Services) -> Starlette:
         ],
         exception_handlers={
             TundraError: tundra_error_response,  # type: ignore[dict-item]
-            HTTPException: http_error,
-        },  # type: ignore[dict-item]
+            HTTPException: http_error,  # type: ignore[dict-item]
+        },
         lifespan=lifespan,
     )
     app.state.services = services
