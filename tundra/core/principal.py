@@ -43,12 +43,18 @@ SYSTEM = Principal(PrincipalKind.SYSTEM, "system", is_admin=True)
 
 
 def unix_user() -> str:
-    import getpass
+    """The name of the effective Unix user, from the password database.
 
+    Not ``getpass.getuser()``: that trusts $LOGNAME/$USER, and the audit log must not name
+    whoever an environment variable claims to be.
+    """
+    import pwd
+
+    uid = os.geteuid()
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.geteuid())
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def cli_principal(tundra_user_id: str | None = None) -> Principal:

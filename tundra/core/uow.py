@@ -9,19 +9,24 @@ the audit row is impossible by construction, not by review.
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tundra.core.audit.chain import AuditEvent, AuditRow, append
 from tundra.core.errors import AuditMissing
 from tundra.core.principal import Principal
 from tundra.core.storage.db import Database, Params, Row, Transaction
 
+if TYPE_CHECKING:
+    from tundra.core.audit.chain import AuditEvent, AuditRow
+
+# The chain (hashing, redaction) is imported when a unit first records an event, so read-only
+# commands that merely import a service never load it.
+
 
 def new_request_id() -> str:
-    return secrets.token_hex(12)
+    return os.urandom(12).hex()
 
 
 class UnitOfWork:
@@ -53,6 +58,8 @@ class UnitOfWork:
 
     def record(self, action: str, resource: str, details: Mapping[str, Any] | None = None) -> None:
         """Record an audit event; written at commit, in this transaction."""
+        from tundra.core.audit.chain import AuditEvent
+
         self.events.append(AuditEvent(action, resource, dict(details or {})))
 
 
@@ -67,6 +74,8 @@ def unit_of_work(
         if uow.changed and not uow.events:
             raise AuditMissing("a state change was about to commit without an audit event")
         if uow.events:
+            from tundra.core.audit.chain import append
+
             uow.written = append(
                 tx, actor=principal.actor, request_id=uow.request_id, events=uow.events
             )

@@ -14,7 +14,6 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -125,6 +124,8 @@ class Database(ABC):
 
 def load_migrations(dialect: str) -> list[tuple[int, str, list[str]]]:
     """The ordered migrations of ``dialect``: (version, name, statements)."""
+    from importlib import resources
+
     folder = resources.files("tundra.core.storage") / "migrations" / dialect
     found = []
     for entry in folder.iterdir():
