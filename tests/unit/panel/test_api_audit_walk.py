@@ -120,7 +120,8 @@ def test_a_failed_audit_append_rolls_the_change_back(api: Api, endpoint: Endpoin
     def broken_append(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the audit append failed inside the transaction")
 
-    monkeypatch.setattr("tundra.core.uow.append", broken_append)
+    # The unit of work imports the chain's append when it commits: break it at its source.
+    monkeypatch.setattr("tundra.core.audit.chain.append", broken_append)
     request_id = f"walk-fail-{endpoint.operation_id}"
     if scenario.session_only:
         with pytest.raises(RuntimeError, match="audit append failed"):
