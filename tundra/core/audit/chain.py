@@ -27,18 +27,10 @@ from tundra.core.storage.db import Transaction
 DOMAIN = b"tundra-audit-v1"
 GENESIS = "00" * 32
 FIELDS = ("seq", "occurred_at", "actor", "action", "resource", "request_id", "details")
+#: Every column of an audit row, in the order exports and people read them.
+ROW_COLUMNS = (*FIELDS, "prev_hash", "chain_hash")
 #: Every field of an exported row, in canonical (sorted) order.
-EXPORT_FIELDS = (
-    "action",
-    "actor",
-    "chain_hash",
-    "details",
-    "occurred_at",
-    "prev_hash",
-    "request_id",
-    "resource",
-    "seq",
-)
+EXPORT_FIELDS = tuple(sorted(ROW_COLUMNS))
 
 #: SHA3-256 already fed the domain separator; ``.copy()`` it instead of starting over per row.
 PREFIXED_SHA3 = hashlib.sha3_256(DOMAIN)

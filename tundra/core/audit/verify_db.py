@@ -28,7 +28,13 @@ from binascii import hexlify
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tundra.core.audit.chain import PREFIXED_SHA3, body_head, body_tail, canonical_body
+from tundra.core.audit.chain import (
+    PREFIXED_SHA3,
+    ROW_COLUMNS,
+    body_head,
+    body_tail,
+    canonical_body,
+)
 from tundra.core.audit.verify import ChainWalker, Entry, VerifyResult
 from tundra.core.storage.db import Database, Transaction
 
@@ -216,16 +222,7 @@ def _check_batch(batch: _Batch, walker: ChainWalker) -> bool:
     return True
 
 
-_TEXT_COLUMNS = (
-    "occurred_at",
-    "actor",
-    "action",
-    "resource",
-    "request_id",
-    "details",
-    "prev_hash",
-    "chain_hash",
-)
+_TEXT_COLUMNS = ROW_COLUMNS[1:]  # every column but seq
 
 
 def _text(value: object) -> str:

@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from tundra.core.audit.chain import (
     EXPORT_FIELDS,
     PREFIXED_SHA3,
+    ROW_COLUMNS,
     body_head,
     body_tail,
     canonical_json,
@@ -36,17 +37,7 @@ from tundra.core.errors import InvalidFile
 
 FORMATS = ("jsonl", "csv", "json")
 #: CSV columns, in the order a person reads them.
-CSV_FIELDS = (
-    "seq",
-    "occurred_at",
-    "actor",
-    "action",
-    "resource",
-    "request_id",
-    "details",
-    "prev_hash",
-    "chain_hash",
-)
+CSV_FIELDS = ROW_COLUMNS
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TEXT_FIELDS = ("occurred_at", "actor", "action", "resource", "request_id")
 _SEQ_LIMIT = 2**63

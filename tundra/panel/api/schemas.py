@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tundra.core.audit.chain import ROW_COLUMNS
 from tundra.core.fleet.servers import NAME_PATTERN, TAG_PATTERN
 from tundra.core.identity.scopes import SCOPES
 
@@ -217,17 +218,7 @@ COMPONENTS: dict[str, Schema] = {
     "AuditEntry": {
         "type": "object",
         "additionalProperties": False,
-        "required": [
-            "seq",
-            "occurred_at",
-            "actor",
-            "action",
-            "resource",
-            "request_id",
-            "details",
-            "prev_hash",
-            "chain_hash",
-        ],
+        "required": list(ROW_COLUMNS),
         "properties": {
             "seq": {"type": "integer", "minimum": 1},
             "occurred_at": TIME,
