@@ -6,7 +6,8 @@ A new TOTP key takes effect only once a code from the app confirms it, asked for
 terminal; ``--activate-now`` is the explicit exception for scripted provisioning.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typer reads these annotations at start-up, and
+# real objects spare it evaluating strings (about 5 ms per command group; bench/cli_startup.py).
 
 import base64
 import sys
@@ -161,7 +162,7 @@ def enable(name: NameArgument) -> None:
 CONFIRM_TRIES = 3
 
 
-def _show_enrollment(name: str, enrollment: Enrollment, *, as_json: bool) -> None:
+def _show_enrollment(name: str, enrollment: "Enrollment", *, as_json: bool) -> None:
     if as_json:
         print_json(
             {"user": name, "otpauth_uri": enrollment.otpauth_uri, "secret": enrollment.secret_b32}
