@@ -177,17 +177,30 @@ class TokenService:
                 + ", ".join(sorted(scope_rules.NON_ADMIN_SCOPES))
             )
 
+        created = now()
+        expires_at = None if expires_in is None else to_iso(created + expires_in)
+        parent_id = None
+        if principal.kind is PrincipalKind.TOKEN:
+            # A token-minted token never outlives its parent: it expires no later than the
+            # parent, and revoking the parent revokes it (``revoke`` follows parent_id).
+            parent_id = principal.token_id
+            parent_expires = self._expires_at(parent_id or "")
+            if parent_expires is not None and (expires_at is None or expires_at > parent_expires):
+                raise InvalidInput(
+                    "a token can issue only tokens that expire no later than itself",
+                    hint=f"ask for a lifetime ending before {parent_expires}",
+                )
+
         plaintext = token_format.generate(services.settings.token_env)
         prefix = token_format.display_prefix(plaintext)
         token_id = new_id()
-        created = now()
-        expires_at = None if expires_in is None else to_iso(created + expires_in)
         resources = {"server": list(restricted)} if restricted else {}
         with unit_of_work(services.db, principal, request_id=request_id) as uow:
             uow.execute(
                 "INSERT INTO api_tokens (id, name, owner_id, token_hash, display_prefix, kind,"
-                " scopes, resources, created_at, expires_at) VALUES (:id, :name, :owner,"
-                " :hash, :prefix, :kind, :scopes, :resources, :created, :expires)",
+                " scopes, resources, created_at, expires_at, parent_id) VALUES (:id, :name,"
+                " :owner, :hash, :prefix, :kind, :scopes, :resources, :created, :expires,"
+                " :parent)",
                 {
                     "id": token_id,
                     "name": name,
@@ -199,6 +212,7 @@ class TokenService:
                     "resources": json.dumps(resources),
                     "created": to_iso(created),
                     "expires": expires_at,
+                    "parent": parent_id,
                 },
             )
             uow.record(
@@ -212,9 +226,17 @@ class TokenService:
                     "scopes": list(chosen),
                     "servers": list(restricted),
                     "expires_at": expires_at,
+                    "parent": parent_id,
                 },
             )
         return CreatedToken(plaintext=plaintext, token=self.get(token_id))
+
+    def _expires_at(self, token_id: str) -> str | None:
+        with self._services.db.read() as tx:
+            value = tx.fetchval(
+                "SELECT expires_at FROM api_tokens WHERE id = :id", {"id": token_id}
+            )
+        return None if value is None else str(value)
 
     def _resolve_owner(
         self,
@@ -303,10 +325,11 @@ class TokenService:
         if len(rows) > 1:
             raise Conflict(f"{ref!r} matches {len(rows)} tokens", hint="give the token id")
         token = ApiToken.from_row(rows[0])
+        revoked_at = now_iso()
         with unit_of_work(self._services.db, principal, request_id=request_id) as uow:
             if not uow.execute(
                 "UPDATE api_tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
-                {"now": now_iso(), "id": token.id},
+                {"now": revoked_at, "id": token.id},
             ):
                 raise Conflict(f"token {token.display_prefix} is revoked already")
             uow.record(
@@ -314,6 +337,25 @@ class TokenService:
                 f"token:{token.display_prefix}",
                 {"id": token.id, "name": token.name, "owner": token.owner},
             )
+            # Every token minted (directly or not) by this one dies with it, in this transaction.
+            parents = [token.id]
+            while parents:
+                children = uow.fetchall(
+                    "SELECT id, display_prefix FROM api_tokens"
+                    " WHERE parent_id = :parent AND revoked_at IS NULL",
+                    {"parent": parents.pop()},
+                )
+                for child in children:
+                    uow.execute(
+                        "UPDATE api_tokens SET revoked_at = :now WHERE id = :id",
+                        {"now": revoked_at, "id": child["id"]},
+                    )
+                    uow.record(
+                        Action.TOKEN_REVOKE,
+                        f"token:{child['display_prefix']}",
+                        {"id": child["id"], "revoked_with": token.id},
+                    )
+                    parents.append(child["id"])
         return self.get(token.id)
 
     # --- verifying -----------------------------------------------------------------------

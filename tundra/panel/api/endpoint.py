@@ -19,6 +19,7 @@ parameters and always gets 401.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,7 +221,7 @@ def _coerce(raw: str, schema: Schema, where: str) -> Any:
     value: Any = raw
     kind = schema.get("type")
     if kind == "integer":
-        if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 19:
+        if not re.fullmatch(r"-?[0-9]{1,18}", raw):
             raise invalid(f"{where}: expected an integer")
         value = int(raw)
     elif kind == "boolean":

@@ -134,6 +134,34 @@ def test_a_token_issues_only_narrower_tokens_for_its_owner(services, bob) -> Non
             services.tokens.create(parent, name="wider", **kwargs)
 
 
+def test_a_token_minted_token_never_outlives_its_parent(services) -> None:
+    parent = services.tokens.verify(
+        create(services, scopes=["tokens:write", "servers:read"],
+               expires_in=timedelta(hours=1)).plaintext)
+    for expires_in in (None, timedelta(hours=2)):
+        with pytest.raises(InvalidInput, match="expire no later than itself"):
+            services.tokens.create(parent, name="forever", scopes=["servers:read"],
+                                   expires_in=expires_in)
+    child = services.tokens.create(parent, name="shorter", scopes=["servers:read"],
+                                   expires_in=timedelta(minutes=30))
+    assert services.tokens.verify(child.plaintext).token_id == child.token.id
+
+
+def test_revoking_a_token_revokes_every_token_it_minted(services) -> None:
+    made = create(services, scopes=["tokens:write", "servers:read"])
+    parent = services.tokens.verify(made.plaintext)
+    child = services.tokens.create(parent, name="child", scopes=["tokens:write", "servers:read"])
+    grandchild = services.tokens.create(services.tokens.verify(child.plaintext),
+                                        name="grandchild", scopes=["servers:read"])
+    unrelated = create(services, scopes=["servers:read"])
+    services.tokens.revoke(cli_principal(), made.token.id)
+    for plaintext in (made.plaintext, child.plaintext, grandchild.plaintext):
+        assert reason_of(services, plaintext) == "revoked"
+    assert services.tokens.verify(unrelated.plaintext)
+    revoked = {row["details"]["id"] for row in audit_rows(services, Action.TOKEN_REVOKE)}
+    assert revoked == {made.token.id, child.token.id, grandchild.token.id}
+
+
 def test_a_token_without_tokens_write_cannot_issue(services) -> None:
     reader = services.tokens.verify(create(services, scopes=["servers:read"]).plaintext)
     with pytest.raises(PermissionDenied):
