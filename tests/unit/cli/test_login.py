@@ -5,26 +5,13 @@ from __future__ import annotations
 import json
 
 import pyotp
-import pytest
-from click.testing import CliRunner
+from clihelpers import run
 
-from tundra.cli.app import cli
 from tundra.cli.exit import ExitStatus
 from tundra.core.principal import SYSTEM, cli_principal
 
 ADMIN = "admin"
 ADMIN_PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture
-def env(services) -> dict[str, str]:
-    s = services.settings
-    return {"TUNDRA_HOME": str(s.home), "TUNDRA_DATABASE_URL": s.database_url,
-            "TUNDRA_PASSWORD_PROFILE": "test"}
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None):
-    return CliRunner().invoke(cli, list(args), env=env, input=stdin)
 
 
 def test_login_with_password_stdin_opens_the_window(services, env) -> None:
@@ -77,8 +64,7 @@ def test_prompt_at_a_terminal(services, env, monkeypatch) -> None:
 
 def test_a_non_admin_cannot_log_in_for_sensitive_commands(services, env) -> None:
     services.users.add(SYSTEM, name="bob", password="bob's long passphrase")
-    result = run(env, "login", "--user", "bob", "--password-stdin",
-                 stdin="bob's long passphrase\n")
+    result = run(env, "login", "--user", "bob", "--password-stdin", stdin="bob's long passphrase\n")
     assert result.exit_code == ExitStatus.PERMISSION_DENIED
     assert not services.reauth.is_fresh(cli_principal())
 
@@ -101,8 +87,10 @@ def test_totp_user_needs_the_code(services, env) -> None:
 def test_repeated_failures_are_throttled(services, env) -> None:
     env = {**env, "TUNDRA_LOGIN_MAX_FAILURES": "2"}
     for _ in range(2):
-        assert run(env, "login", "--password-stdin", stdin="wrong!\n").exit_code == \
-            ExitStatus.AUTH_FAILED
+        assert (
+            run(env, "login", "--password-stdin", stdin="wrong!\n").exit_code
+            == ExitStatus.AUTH_FAILED
+        )
     result = run(env, "login", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
     assert result.exit_code == ExitStatus.THROTTLED
     assert "try again later" in result.stderr
@@ -111,8 +99,9 @@ def test_repeated_failures_are_throttled(services, env) -> None:
 
 def test_sensitive_command_prompts_at_a_terminal_and_retries(services, env, monkeypatch) -> None:
     monkeypatch.setattr("tundra.cli.auth.interactive", lambda: True)
-    result = run(env, "token", "create", "--name", "root", "--scope", "admin",
-                 stdin=ADMIN_PASSWORD + "\n")
+    result = run(
+        env, "token", "create", "--name", "root", "--scope", "admin", stdin=ADMIN_PASSWORD + "\n"
+    )
     assert result.exit_code == 0, result.stderr
     assert "needs a recent authentication" in result.stderr
     token = result.stdout.strip().splitlines()[-1]
@@ -122,8 +111,7 @@ def test_sensitive_command_prompts_at_a_terminal_and_retries(services, env, monk
 
 def test_sensitive_command_prompt_with_a_wrong_password(services, env, monkeypatch) -> None:
     monkeypatch.setattr("tundra.cli.auth.interactive", lambda: True)
-    result = run(env, "token", "create", "--name", "root", "--scope", "admin",
-                 stdin="not it\n")
+    result = run(env, "token", "create", "--name", "root", "--scope", "admin", stdin="not it\n")
     assert result.exit_code == ExitStatus.AUTH_FAILED
     assert services.tokens.list(SYSTEM, include_revoked=True) == []
 
@@ -132,8 +120,16 @@ def test_sensitive_command_asks_for_the_totp_code_too(services, env, monkeypatch
     monkeypatch.setattr("tundra.cli.auth.interactive", lambda: True)
     enrollment = services.totp.enroll(SYSTEM, ADMIN)
     code = pyotp.TOTP(enrollment.secret_b32).now()
-    result = run(env, "token", "create", "--name", "root", "--scope", "admin",
-                 stdin=f"{ADMIN_PASSWORD}\n{code}\n")
+    result = run(
+        env,
+        "token",
+        "create",
+        "--name",
+        "root",
+        "--scope",
+        "admin",
+        stdin=f"{ADMIN_PASSWORD}\n{code}\n",
+    )
     assert result.exit_code == 0, result.stderr
     assert services.tokens.list(SYSTEM)[0].scopes == ("admin",)
 

@@ -6,24 +6,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from clihelpers import run
 
 from tundra.cli.app import cli
 from tundra.cli.exit import ExitStatus
 from tundra.core.principal import cli_principal
-
-
-@pytest.fixture
-def env(services) -> dict[str, str]:
-    s = services.settings
-    return {
-        "TUNDRA_HOME": str(s.home),
-        "TUNDRA_DATABASE_URL": s.database_url,
-        "TUNDRA_PASSWORD_PROFILE": "test",
-    }
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None):
-    return CliRunner().invoke(cli, list(args), env=env, input=stdin)
 
 
 def test_add_then_list_json(services, env) -> None:

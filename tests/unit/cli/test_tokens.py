@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
+from clihelpers import SQLITE_ONLY, run
 
 from tundra.cli.app import cli
 from tundra.cli.exit import ExitStatus
@@ -20,24 +21,20 @@ from tundra.core.principal import SYSTEM
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
-#: Refusal tables run on SQLite only: the database engine plays no part in them.
-SQLITE_ONLY = pytest.mark.parametrize("database_url", [""], ids=["sqlite"])
-
-
-@pytest.fixture
-def env(services) -> dict[str, str]:
-    s = services.settings
-    return {"TUNDRA_HOME": str(s.home), "TUNDRA_DATABASE_URL": s.database_url,
-            "TUNDRA_PASSWORD_PROFILE": "test"}
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None):
-    return CliRunner().invoke(cli, list(args), env=env, input=stdin)
-
-
 def test_create_prints_the_token_once_on_stdout(services, env) -> None:
-    result = run(env, "token", "create", "--name", "ci", "--scope", "servers:read",
-                 "--scope", "sites:read", "--server", "web-1")
+    result = run(
+        env,
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--scope",
+        "servers:read",
+        "--scope",
+        "sites:read",
+        "--server",
+        "web-1",
+    )
     assert result.exit_code == ExitStatus.SUCCESS, result.stderr
     token = result.stdout.strip()
     assert re.fullmatch(TOKEN_PATTERN, token)  # stdout holds the token and nothing else
@@ -55,8 +52,20 @@ def test_create_prints_the_token_once_on_stdout(services, env) -> None:
 
 
 def test_create_json_has_the_token_as_a_field(services, env) -> None:
-    result = run(env, "token", "create", "--name", "mcp", "--scope", "servers:read",
-                 "--kind", "mcp", "--expires", "never", "--json")
+    result = run(
+        env,
+        "token",
+        "create",
+        "--name",
+        "mcp",
+        "--scope",
+        "servers:read",
+        "--kind",
+        "mcp",
+        "--expires",
+        "never",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["kind"] == "mcp"
@@ -78,14 +87,17 @@ def test_admin_token_needs_login_first(services, env) -> None:
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize(("args", "status", "message"), [
-    (["--scope", "servers:nuke"], ExitStatus.USAGE, "unknown scope"),
-    (["--scope", "servers:read", "--expires", "soon"], ExitStatus.USAGE, "invalid --expires"),
-    (["--scope", "servers:read", "--expires", "0d"], ExitStatus.USAGE, "invalid --expires"),
-    (["--scope", "servers:read", "--kind", "ssh"], ExitStatus.USAGE, "unknown token kind"),
-    (["--scope", "servers:read", "--owner", "nobody"], ExitStatus.NOT_FOUND, "nobody"),
-    ([], ExitStatus.USAGE, "--scope"),
-])
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["--scope", "servers:nuke"], ExitStatus.USAGE, "unknown scope"),
+        (["--scope", "servers:read", "--expires", "soon"], ExitStatus.USAGE, "invalid --expires"),
+        (["--scope", "servers:read", "--expires", "0d"], ExitStatus.USAGE, "invalid --expires"),
+        (["--scope", "servers:read", "--kind", "ssh"], ExitStatus.USAGE, "unknown token kind"),
+        (["--scope", "servers:read", "--owner", "nobody"], ExitStatus.NOT_FOUND, "nobody"),
+        ([], ExitStatus.USAGE, "--scope"),
+    ],
+)
 def test_create_refusals(services, env, args, status, message) -> None:
     result = run(env, "token", "create", "--name", "x", *args)
     assert result.exit_code == status, result.output
@@ -111,10 +123,17 @@ def test_list_and_revoke_by_prefix(services, env) -> None:
     assert run(env, "token", "revoke", "tnd_live_nothing").exit_code == ExitStatus.NOT_FOUND
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("2w", timedelta(weeks=2)),
-    ("90m", timedelta(minutes=90)), ("45s", timedelta(seconds=45)), ("never", None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", timedelta(days=30)),
+        ("12h", timedelta(hours=12)),
+        ("2w", timedelta(weeks=2)),
+        ("90m", timedelta(minutes=90)),
+        ("45s", timedelta(seconds=45)),
+        ("never", None),
+    ],
+)
 def test_parse_expiry(text, expected) -> None:
     assert parse_expiry(text) == expected
 

@@ -9,28 +9,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pyotp
 import pytest
-from click.testing import CliRunner
+from clihelpers import SQLITE_ONLY, run
 
-from tundra.cli.app import cli
 from tundra.cli.exit import ExitStatus
 from tundra.core.errors import AuthenticationFailed, NotFound
 
 PASSWORD = "bob's long passphrase"
-
-
-#: Refusal tables run on SQLite only: the database engine plays no part in them.
-SQLITE_ONLY = pytest.mark.parametrize("database_url", [""], ids=["sqlite"])
-
-
-@pytest.fixture
-def env(services) -> dict[str, str]:
-    s = services.settings
-    return {"TUNDRA_HOME": str(s.home), "TUNDRA_DATABASE_URL": s.database_url,
-            "TUNDRA_PASSWORD_PROFILE": "test"}
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None):
-    return CliRunner().invoke(cli, list(args), env=env, input=stdin)
 
 
 def test_add_with_password_stdin(services, env) -> None:
@@ -43,8 +27,16 @@ def test_add_with_password_stdin(services, env) -> None:
 
 
 def test_add_admin_and_acceptance(services, env) -> None:
-    result = run(env, "user", "add", "carol", "--admin", "--acceptance", "--password-stdin",
-                 stdin="carol's long passphrase\n")
+    result = run(
+        env,
+        "user",
+        "add",
+        "carol",
+        "--admin",
+        "--acceptance",
+        "--password-stdin",
+        stdin="carol's long passphrase\n",
+    )
     assert result.exit_code == 0, result.stderr
     carol = services.users.get("carol")
     assert carol.is_admin
@@ -76,22 +68,38 @@ def test_add_with_a_mismatched_confirmation_creates_nothing(services, env, monke
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize(("args", "stdin", "status", "message"), [
-    (["user", "add", "bob"], None, ExitStatus.USAGE, "--password-stdin"),
-    (["user", "add", "bob", "--password-stdin"], "short\n", ExitStatus.USAGE, "at least 12"),
-    (["user", "add", "bob", "--password-stdin"], "bob\n", ExitStatus.USAGE, "at least 12"),
-    (["user", "add", "Bob!", "--password-stdin"], PASSWORD + "\n", ExitStatus.USAGE,
-     "invalid user name"),
-    (["user", "add", "bob", "--password", PASSWORD], None, ExitStatus.USAGE, "--password"),
-    (["user", "add", "bob", "--password-stdin", "--generate-password"], PASSWORD + "\n",
-     ExitStatus.USAGE, "not both"),
-    (["user", "show", "nobody"], None, ExitStatus.NOT_FOUND, "no user named 'nobody'"),
-    (["user", "add", "admin", "--password-stdin"], PASSWORD + "\n", ExitStatus.CONFLICT,
-     "exists already"),
-    (["user", "disable", "admin"], None, ExitStatus.CONFLICT, "last enabled administrator"),
-])
-def test_refusals_are_one_line_with_a_documented_code(services, env, args, stdin, status,
-                                                      message) -> None:
+@pytest.mark.parametrize(
+    ("args", "stdin", "status", "message"),
+    [
+        (["user", "add", "bob"], None, ExitStatus.USAGE, "--password-stdin"),
+        (["user", "add", "bob", "--password-stdin"], "short\n", ExitStatus.USAGE, "at least 12"),
+        (["user", "add", "bob", "--password-stdin"], "bob\n", ExitStatus.USAGE, "at least 12"),
+        (
+            ["user", "add", "Bob!", "--password-stdin"],
+            PASSWORD + "\n",
+            ExitStatus.USAGE,
+            "invalid user name",
+        ),
+        (["user", "add", "bob", "--password", PASSWORD], None, ExitStatus.USAGE, "--password"),
+        (
+            ["user", "add", "bob", "--password-stdin", "--generate-password"],
+            PASSWORD + "\n",
+            ExitStatus.USAGE,
+            "not both",
+        ),
+        (["user", "show", "nobody"], None, ExitStatus.NOT_FOUND, "no user named 'nobody'"),
+        (
+            ["user", "add", "admin", "--password-stdin"],
+            PASSWORD + "\n",
+            ExitStatus.CONFLICT,
+            "exists already",
+        ),
+        (["user", "disable", "admin"], None, ExitStatus.CONFLICT, "last enabled administrator"),
+    ],
+)
+def test_refusals_are_one_line_with_a_documented_code(
+    services, env, args, stdin, status, message
+) -> None:
     result = run(env, *args, stdin=stdin)
     assert result.exit_code == status, result.output
     assert message in result.stderr
@@ -151,8 +159,9 @@ def last_step(services, name: str = "admin"):
         return tx.fetchval("SELECT totp_last_step FROM users WHERE name = :n", {"n": name})
 
 
-def test_totp_enroll_at_a_terminal_asks_for_a_code_first(services, env, terminal,
-                                                         known_secret) -> None:
+def test_totp_enroll_at_a_terminal_asks_for_a_code_first(
+    services, env, terminal, known_secret
+) -> None:
     code = known_secret.now()
     result = run(env, "user", "totp", "enroll", "admin", stdin=f"{code}\n")
     assert result.exit_code == 0, result.output
@@ -202,10 +211,10 @@ def test_totp_enroll_without_a_terminal_refuses_and_shows_nothing(services, env)
         assert not services.users.get("admin").totp_enrolled
 
 
-def test_totp_enroll_json_at_a_terminal_keeps_stdout_json(services, env, terminal,
-                                                          known_secret) -> None:
-    result = run(env, "user", "totp", "enroll", "admin", "--json",
-                 stdin=f"{known_secret.now()}\n")
+def test_totp_enroll_json_at_a_terminal_keeps_stdout_json(
+    services, env, terminal, known_secret
+) -> None:
+    result = run(env, "user", "totp", "enroll", "admin", "--json", stdin=f"{known_secret.now()}\n")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data == {"user": "admin", "otpauth_uri": data["otpauth_uri"], "secret": KNOWN_SECRET}
@@ -226,8 +235,9 @@ def test_totp_enroll_activate_now_prints_the_uri_and_a_qr_code(services, env) ->
 
 
 def test_totp_enroll_json_and_disable(services, env) -> None:
-    data = json.loads(run(env, "user", "totp", "enroll", "admin", "--activate-now",
-                          "--json").stdout)
+    data = json.loads(
+        run(env, "user", "totp", "enroll", "admin", "--activate-now", "--json").stdout
+    )
     assert data["otpauth_uri"].startswith("otpauth://totp/")
     assert len(data["secret"]) == 32
     for args in ([], ["--activate-now"]):

@@ -23,7 +23,7 @@ async def settings_page(ctx: Ctx) -> Response:
 @page
 async def rotate_master(ctx: Ctx) -> Response:
     services, principal = ctx.services, ctx.principal
-    require_admin(services, principal, request_id=ctx.request_id)
+    # Core refuses non-administrators (before asking for a re-authentication).
     done = await ctx.sensitive(
         lambda: services.keys.rotate_master(principal, request_id=ctx.request_id),
         what="rotate the master key",
