@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
+# Before anything imports grpc: the gateway's TLS 1.2-blocking cipher list (see tundra/gateway).
+import tundra.gateway  # noqa: F401  # isort: skip
 from tundra.core.settings import Settings
 
 PG_URL = os.environ.get("TUNDRA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("tundra.cli.audit", "List, export, verify and checkpoint the audit log."),
     "serve": ("tundra.cli.serve", "Run the control plane: HTTPS panel and API, HTTP redirect."),
     "tls": ("tundra.cli.tls", "Inspect and renew the panel's TLS certificate."),
+    "ca": ("tundra.cli.ca", "Inspect and rotate the internal CA that signs agent certificates."),
+    "agent": ("tundra.cli.agent", "Enroll and run the agent on a managed host; revoke an agent."),
     "completions": ("tundra.cli.completions", "Print the shell completion script."),
 }
 

@@ -111,6 +111,33 @@ class ReauthRequired(PermissionDenied):
     code = "reauth_required"
 
 
+class AgentRefused(PermissionDenied):
+    """An agent's call or enrollment was refused: revoked, unknown, wrong identity or source,
+    a used or expired join token, a CSR asking for names. ``reason`` is a short stable word for
+    logs and audit rows. gRPC: PERMISSION_DENIED; HTTP 403.
+    """
+
+    code = "agent_refused"
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
+class CommandRefused(TundraError):
+    """A signed command failed the agent's checks (signature, audience, freshness, nonce, type).
+
+    ``reason`` is one of: signature, key, audience, expired, not-yet-valid, ttl, replay, type,
+    payload, malformed. The agent reports it up the session and does not execute the command.
+    """
+
+    code = "command_refused"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class KeyMaterialError(TundraError):
     """The master key or a data key is missing, corrupt or not the right one. CLI: KEY_ERROR."""
 

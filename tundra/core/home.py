@@ -71,6 +71,11 @@ def initialize(
     else:
         report.existing.append("panel TLS certificate")
 
+    if services.command_signer.ensure_key(SYSTEM):
+        report.created.append("command signing key")
+    else:
+        report.existing.append("command signing key")
+
     if services.audit.ensure_checkpoint_key():
         report.created.append("audit checkpoint signing key")
     else:

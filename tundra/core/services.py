@@ -14,6 +14,10 @@ from tundra.core.storage.db import Database, open_database
 from tundra.core.storage.kv import KV, open_kv
 
 if TYPE_CHECKING:
+    from tundra.core.agents.commands import CommandService
+    from tundra.core.agents.enrollment import EnrollmentService
+    from tundra.core.agents.registry import AgentRegistry
+    from tundra.core.agents.signing import CommandSigner
     from tundra.core.audit.service import AuditService
     from tundra.core.crypto.keyring import KeyService
     from tundra.core.crypto.passwords import PasswordHasher
@@ -100,6 +104,30 @@ class Services:
         from tundra.core.pki.service import PkiService
 
         return PkiService(self)
+
+    @cached_property
+    def enrollment(self) -> EnrollmentService:
+        from tundra.core.agents.enrollment import EnrollmentService
+
+        return EnrollmentService(self)
+
+    @cached_property
+    def agents(self) -> AgentRegistry:
+        from tundra.core.agents.registry import AgentRegistry
+
+        return AgentRegistry(self)
+
+    @cached_property
+    def command_signer(self) -> CommandSigner:
+        from tundra.core.agents.signing import CommandSigner
+
+        return CommandSigner(self)
+
+    @cached_property
+    def commands(self) -> CommandService:
+        from tundra.core.agents.commands import CommandService
+
+        return CommandService(self)
 
     @cached_property
     def audit(self) -> AuditService:

@@ -160,6 +160,58 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "The operator's private key (PEM, mode 0400) matching tls_cert_file.",
     ),
+    Setting(
+        "gateway_listen",
+        str,
+        "0.0.0.0:7447",
+        "HOST:PORT of the agent gateway (gRPC, mutual TLS 1.3) started by `tundra serve`; empty "
+        "disables it.",
+    ),
+    Setting(
+        "gateway_address",
+        str,
+        "",
+        "HOST:PORT agents dial, written into their configuration at enrollment; empty means the "
+        "first of panel_hostnames with the port of gateway_listen. The gateway's certificate is "
+        "issued for panel_hostnames.",
+    ),
+    Setting(
+        "agent_trusted_cidrs",
+        str,
+        "",
+        "Comma-separated networks (CIDR) agents may connect from besides their server's "
+        "registered address.",
+    ),
+    Setting(
+        "agent_cert_hours",
+        int,
+        24,
+        "Lifetime of agent client certificates; agents renew at two thirds of it.",
+    ),
+    Setting(
+        "agent_heartbeat_seconds",
+        int,
+        15,
+        "Seconds between agent heartbeats; an agent unheard for three is shown disconnected.",
+    ),
+    Setting(
+        "command_ttl_seconds",
+        int,
+        30,
+        "Seconds a signed command stays valid after it is issued (at most 60).",
+    ),
+    Setting(
+        "ca_overlap_hours",
+        int,
+        72,
+        "Hours a rotated-out CA stays trusted next to the new one (`tundra ca rotate`).",
+    ),
+    Setting(
+        "gateway_poll_ms",
+        int,
+        100,
+        "Milliseconds between the gateway's looks at the command queue and the revoked list.",
+    ),
     Setting("session_idle_timeout", int, 1800, "Seconds of inactivity that end a panel session."),
     Setting(
         "session_absolute_timeout",
@@ -196,6 +248,14 @@ class Settings:
     panel_hostnames: str = "localhost,127.0.0.1,::1"
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    gateway_listen: str = "0.0.0.0:7447"
+    gateway_address: str = ""
+    agent_trusted_cidrs: str = ""
+    agent_cert_hours: int = 24
+    agent_heartbeat_seconds: int = 15
+    command_ttl_seconds: int = 30
+    ca_overlap_hours: int = 72
+    gateway_poll_ms: int = 100
     session_idle_timeout: int = 1800
     session_absolute_timeout: int = 43200
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -252,9 +312,23 @@ def _validate(values: dict[str, Any]) -> None:
         "session_idle_timeout",
         "session_absolute_timeout",
         "public_https_port",
+        "agent_cert_hours",
+        "agent_heartbeat_seconds",
+        "command_ttl_seconds",
+        "ca_overlap_hours",
+        "gateway_poll_ms",
     ):
         if values[name] < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if values["command_ttl_seconds"] > 60:
+        raise ConfigError("command_ttl_seconds must be at most 60 (SECURITY-SPEC: commands expire)")
+    for cidr in filter(None, (c.strip() for c in values["agent_trusted_cidrs"].split(","))):
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"agent_trusted_cidrs: {cidr!r} is not a network: {exc}") from exc
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -34,8 +34,25 @@ class Action(StrEnum):
     TOKEN_DENIED = "identity:token:denied"
 
     PKI_CA_CREATE = "pki:ca:create"
+    PKI_CA_ROTATE = "pki:ca:rotate"
+    PKI_CA_RETIRE = "pki:ca:retire"
+    GATEWAY_CERT_ISSUE = "pki:gateway-cert:issue"
+    COMMAND_KEY_CREATE = "pki:command-key:create"
     TLS_CERT_ISSUE = "pki:tls-cert:issue"
 
     SERVER_CREATE = "fleet:server:create"
     SERVER_UPDATE = "fleet:server:update"
     SERVER_DELETE = "fleet:server:delete"
+
+    JOIN_TOKEN_CREATE = "fleet:join-token:create"
+    AGENT_ENROLL = "fleet:agent:enroll"
+    AGENT_ENROLL_REFUSED = "fleet:agent:enroll-refused"
+    AGENT_CERT_RENEW = "fleet:agent:cert-renew"
+    AGENT_REVOKE = "fleet:agent:revoke"
+    AGENT_REFUSED = "fleet:agent:refused"
+
+    COMMAND_ISSUE = "fleet:command:issue"
+    COMMAND_COMPLETE = "fleet:command:complete"
+    COMMAND_REFUSED = "fleet:command:refused"
+    COMMAND_EXPIRE = "fleet:command:expire"
+    COMMAND_CROSS_AGENT = "fleet:command:cross-agent-refused"

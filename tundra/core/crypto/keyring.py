@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 ENCRYPTED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("users", "totp_secret"),
     ("pki_keys", "private_key"),
+    ("signing_keys", "private_key"),
 )
 
 #: Seconds a process trusts its cached active term before it looks again.

@@ -1,0 +1,1 @@
+"""Agents: enrollment, identities and certificates, the registry, signed commands."""
