@@ -77,7 +77,7 @@ def panel(tmp_path: Path) -> Iterator[Panel]:
            if not k.startswith("TUNDRA_") or k == "TUNDRA_REQUIRE_SERVICES"}
     env.update(TUNDRA_HOME=str(home), TUNDRA_PASSWORD_PROFILE="test",
                TUNDRA_PANEL_LISTEN=f"127.0.0.1:{port}",
-               TUNDRA_REDIRECT_LISTEN=f"127.0.0.1:{redirect_port}",
+               TUNDRA_REDIRECT_LISTEN=f"127.0.0.1:{redirect_port}", TUNDRA_GATEWAY_LISTEN="",
                TUNDRA_PUBLIC_HTTPS_PORT=str(port), TUNDRA_REAUTH_WINDOW=str(REAUTH_WINDOW))
     subprocess.run([sys.executable, "-m", "tundra", "init", "--admin", "admin",
                     "--password-stdin"], input=PASSWORD + "\n", env=env, check=True,

@@ -93,7 +93,7 @@ def start(tmp: Path) -> Served:
            if not k.startswith("TUNDRA_") or k == "TUNDRA_REQUIRE_SERVICES"}
     env.update(TUNDRA_HOME=str(home), TUNDRA_PASSWORD_PROFILE="test",
                TUNDRA_PANEL_LISTEN=f"127.0.0.1:{port}",
-               TUNDRA_REDIRECT_LISTEN=f"127.0.0.1:{redirect_port}",
+               TUNDRA_REDIRECT_LISTEN=f"127.0.0.1:{redirect_port}", TUNDRA_GATEWAY_LISTEN="",
                TUNDRA_PUBLIC_HTTPS_PORT=str(port))
     init = subprocess.run([sys.executable, "-m", "tundra", "init", "--generate-password",
                            "--json"], env=env, capture_output=True, text=True, timeout=120,

@@ -28,4 +28,5 @@ def test_the_contract_names_every_front_end() -> None:
         "tundra.tui",
         "tundra.panel",
         "tundra.agent",
+        "tundra.gateway",
     }

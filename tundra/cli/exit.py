@@ -43,6 +43,7 @@ _MAPPING: tuple[tuple[type[errors.TundraError], ExitStatus], ...] = (
     (errors.Throttled, ExitStatus.THROTTLED),
     (errors.AuthenticationFailed, ExitStatus.AUTH_FAILED),
     (errors.PermissionDenied, ExitStatus.PERMISSION_DENIED),
+    (errors.CommandRefused, ExitStatus.PERMISSION_DENIED),
     (errors.KeyMaterialError, ExitStatus.KEY_ERROR),
     (errors.IntegrityError, ExitStatus.FAILURE),
     (errors.InvalidFile, ExitStatus.DATA_ERROR),

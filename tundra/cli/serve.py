@@ -1,4 +1,4 @@
-"""``tundra serve``: run the control plane (HTTPS panel + API, HTTP redirect)."""
+"""``tundra serve``: run the control plane (HTTPS panel + API, HTTP redirect, agent gateway)."""
 
 # No `from __future__ import annotations` here: typer reads these annotations at start-up, and
 # real objects spare it evaluating strings (about 5 ms per command group; bench/cli_startup.py).
@@ -26,4 +26,10 @@ def serve() -> None:
             f"the internal CA certificate is {svc.pki.ca_cert_path}."
         )
 
-    run_server(svc, on_ready=ready)
+    def gateway_ready(address: str) -> None:
+        info(
+            f"The agent gateway listens on {address} (gRPC, mutual TLS 1.3); agents dial "
+            f"{svc.pki.gateway_address()}."
+        )
+
+    run_server(svc, on_ready=ready, on_gateway=gateway_ready)

@@ -138,6 +138,14 @@ class CommandRefused(TundraError):
         self.reason = reason
 
 
+class CommandFailed(TundraError):
+    """An allowed, verified command could not be carried out on the host: the agent reports it
+    FAILED with this message. CLI (`tundra server ping` and friends): exit FAILURE.
+    """
+
+    code = "command_failed"
+
+
 class KeyMaterialError(TundraError):
     """The master key or a data key is missing, corrupt or not the right one. CLI: KEY_ERROR."""
 

@@ -8,6 +8,7 @@ public half at enrollment and in every Welcome, over channels authenticated by t
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,6 +31,13 @@ if TYPE_CHECKING:
     from tundra.core.services import Services
 
 PURPOSE = "command"
+#: How long a process signs with its cached key before checking it is still the active one.
+KEY_CHECK_SECONDS = 30.0
+
+_ACTIVE_SQL = (
+    "SELECT key_id FROM signing_keys WHERE purpose = :p AND status = 'active'"
+    " ORDER BY created_at DESC, id DESC LIMIT 1"
+)
 
 
 class CommandSigner:
@@ -37,15 +45,12 @@ class CommandSigner:
         self._services = services
         self._lock = threading.Lock()
         self._key: tuple[str, Ed25519PrivateKey] | None = None
+        self._checked_at = float("-inf")
 
     def ensure_key(self, principal: Principal) -> bool:
         """Create the command key unless an active one exists. True when it was created."""
-        with self._services.db.read() as tx:
-            if tx.fetchone(
-                "SELECT id FROM signing_keys WHERE purpose = :p AND status = 'active'",
-                {"p": PURPOSE},
-            ):
-                return False
+        if self._active_key_id() is not None:
+            return False
         private = Ed25519PrivateKey.generate()
         raw_private = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         raw_public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -53,6 +58,10 @@ class CommandSigner:
         sealed = self._services.keys.encrypt("signing_keys", "private_key", row_id, raw_private)
         key_id = key_id_for(raw_public)
         with unit_of_work(self._services.db, principal) as uow:
+            # Checked again inside the write transaction: two `tundra init` runs racing on SQLite
+            # (BEGIN IMMEDIATE serialises them) must not both add a key.
+            if uow.fetchone(_ACTIVE_SQL, {"p": PURPOSE}):
+                return False
             uow.execute(
                 "INSERT INTO signing_keys (id, purpose, key_id, public_key, private_key, status,"
                 " created_at) VALUES (:id, :purpose, :key_id, :public, :private, 'active', :now)",
@@ -83,22 +92,34 @@ class CommandSigner:
         key_id, private = self._signing_key()
         return private.sign(SIGNING_CONTEXT + envelope), key_id
 
+    def _active_key_id(self) -> str | None:
+        with self._services.db.read() as tx:
+            value = tx.fetchval(_ACTIVE_SQL, {"p": PURPOSE})
+        return None if value is None else str(value)
+
     def _signing_key(self) -> tuple[str, Ed25519PrivateKey]:
-        # Decrypting the key costs a keyring lookup and an AES-GCM open; do it once per process.
+        # Decrypting the key costs a keyring lookup and an AES-GCM open, so the key is cached;
+        # every KEY_CHECK_SECONDS one small query confirms it is still the active one (a key
+        # replaced by another process must not go on signing). A data-key rotation re-wraps the
+        # same key, so the cache stays right across `tundra key rotate --data`.
         with self._lock:
-            if self._key is None:
+            now = time.monotonic()
+            if self._key is not None and now - self._checked_at < KEY_CHECK_SECONDS:
+                return self._key
+            active = self._active_key_id()
+            if active is None:
+                raise NotInitialized("there is no command signing key", hint="run `tundra init`")
+            if self._key is None or self._key[0] != active:
                 with self._services.db.read() as tx:
                     row = tx.fetchone(
-                        "SELECT id, key_id, private_key FROM signing_keys WHERE purpose = :p AND"
-                        " status = 'active' ORDER BY created_at DESC LIMIT 1",
-                        {"p": PURPOSE},
+                        "SELECT id, key_id, private_key FROM signing_keys WHERE key_id = :k",
+                        {"k": active},
                     )
-                if row is None:
-                    raise NotInitialized(
-                        "there is no command signing key", hint="run `tundra init`"
-                    )
+                if row is None:  # replaced between the two queries: the next call reloads
+                    raise NotInitialized("the command signing key changed; try again")
                 raw = self._services.keys.decrypt(
                     "signing_keys", "private_key", row["id"], bytes(row["private_key"])
                 )
                 self._key = (row["key_id"], Ed25519PrivateKey.from_private_bytes(raw))
+            self._checked_at = now
             return self._key

@@ -56,3 +56,6 @@ class Action(StrEnum):
     COMMAND_REFUSED = "fleet:command:refused"
     COMMAND_EXPIRE = "fleet:command:expire"
     COMMAND_CROSS_AGENT = "fleet:command:cross-agent-refused"
+
+    ACCEPTANCE_RUN_START = "acceptance:run:start"
+    ACCEPTANCE_RUN_FINISH = "acceptance:run:finish"

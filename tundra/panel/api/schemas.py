@@ -61,6 +61,46 @@ CURSOR: Schema = {
 MAX_TOKEN_LIFETIME = 5 * 366 * 86400
 DEFAULT_TOKEN_LIFETIME = 90 * 86400
 
+#: Agent.connection() values (null: the server has no agent).
+CONNECTION_STATES: list[str | None] = ["connected", "disconnected", "never", "revoked", None]
+#: The server's agent (active, else newest), or null before the first enrollment.
+AGENT_VIEW: Schema = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "required": [
+        "id",
+        "status",
+        "connection",
+        "cert_serial",
+        "cert_fingerprint",
+        "cert_not_after",
+        "agent_version",
+        "hostname",
+        "facts",
+        "connected_at",
+        "last_seen_at",
+        "last_address",
+        "enrolled_at",
+        "revoked_at",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["active", "revoked"]},
+        "connection": {"type": "string", "enum": ["connected", "disconnected", "never", "revoked"]},
+        "cert_serial": {"type": "string", "description": "Lowercase hex"},
+        "cert_fingerprint": {"type": "string", "description": "SHA-256 of the DER, hex"},
+        "cert_not_after": TIME,
+        "agent_version": {"type": "string"},
+        "hostname": {"type": "string"},
+        "facts": {"type": "object", "description": "What the agent reported when it connected"},
+        "connected_at": NULLABLE_TIME,
+        "last_seen_at": NULLABLE_TIME,
+        "last_address": {"type": ["string", "null"]},
+        "enrolled_at": TIME,
+        "revoked_at": NULLABLE_TIME,
+    },
+}
+
 COMPONENTS: dict[str, Schema] = {
     "Error": {
         "type": "object",
@@ -91,9 +131,40 @@ COMPONENTS: dict[str, Schema] = {
             "name": SERVER_NAME,
             "address": {"type": "string"},
             "tags": {"type": "array", "items": TAG},
-            "status": {"type": "string"},
+            "status": {"type": "string", "description": "pending, enrolled or revoked"},
             "created_at": TIME,
             "updated_at": TIME,
+            "connection": {
+                "type": ["string", "null"],
+                "enum": CONNECTION_STATES,
+                "description": "The agent's connection state; null before the first enrollment",
+            },
+            "agent": AGENT_VIEW,
+            "join_token": ref("JoinToken"),
+        },
+    },
+    "JoinToken": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "token",
+            "server_name",
+            "expires_at",
+            "ca_fingerprint",
+            "panel_url",
+            "enroll_command",
+        ],
+        "description": "Returned once, by the request that created the server; never stored",
+        "properties": {
+            "token": {"type": "string", "pattern": r"^tjn1\.[a-z2-7]{52}\.[0-9a-f]{64}$"},
+            "server_name": SERVER_NAME,
+            "expires_at": TIME,
+            "ca_fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "panel_url": {"type": "string"},
+            "enroll_command": {
+                "type": "string",
+                "description": "Run on the server with the token in TUNDRA_JOIN_TOKEN",
+            },
         },
     },
     "ServerList": {
@@ -115,6 +186,11 @@ COMPONENTS: dict[str, Schema] = {
                 "description": "IPv4/IPv6 address or DNS host name",
             },
             "tags": {"type": "array", "maxItems": 64, "items": TAG},
+            "join_token": {
+                "type": "boolean",
+                "default": False,
+                "description": "Also make the server's first join token (returned once)",
+            },
         },
     },
     "ServerUpdate": {

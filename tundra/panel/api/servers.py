@@ -49,6 +49,7 @@ ENDPOINTS = (
             name=c.body["name"],
             address=c.body["address"],
             tags=c.body.get("tags", ()),
+            join_token=c.body.get("join_token", False),
             request_id=c.request_id,
         ),
         render=_created,
@@ -58,6 +59,10 @@ ENDPOINTS = (
         scope="servers:write",
         audit=(Action.SERVER_CREATE,),
         errors=(403, 409, 413, 415, 422),
+        description='With `"join_token": true` the answer also carries the server\'s first '
+        "join token (`join_token`), made in the same transaction (audited as "
+        "`fleet:join-token:create`) and shown this once; run its `enroll_command` on the server "
+        "with the token in TUNDRA_JOIN_TOKEN.",
     ),
     Endpoint(
         "GET",

@@ -1,4 +1,5 @@
-"""Servers: list (with a tag filter), detail, add, delete (sensitive: fresh authentication)."""
+"""Servers: list (with a tag filter, each server's agent), detail (agent, facts, a new join
+token shown once), add, delete (sensitive: fresh authentication)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from tundra.core.agents.enrollment import JoinToken
+from tundra.core.agents.models import facts_summary
 from tundra.core.errors import AlreadyExists, InvalidInput, PermissionDenied
 from tundra.panel.auth import Ctx, page, redirect
 
@@ -59,15 +62,40 @@ async def server_add(ctx: Ctx) -> Response:
     return redirect(f"/servers/{server.name}?notice=server-added")
 
 
-@page
-async def server_detail(ctx: Ctx) -> Response:
+async def _detail_page(
+    ctx: Ctx, *, join_token: JoinToken | None = None, status: int = 200
+) -> Response:
     server = await ctx.call(
         ctx.services.servers.get,
         ctx.principal,
         ctx.request.path_params["name"],
         request_id=ctx.request_id,
     )
-    return ctx.render("server.html", title=f"Server {server.name}", server=server)
+    return ctx.render(
+        "server.html",
+        status=status,
+        title=f"Server {server.name}",
+        server=server,
+        facts=facts_summary(server.agent.facts) if server.agent else [],
+        join_token=join_token,
+    )
+
+
+@page
+async def server_detail(ctx: Ctx) -> Response:
+    return await _detail_page(ctx)
+
+
+@page
+async def server_token(ctx: Ctx) -> Response:
+    """A new join token, shown on the answer to the post and never again."""
+    token = await ctx.call(
+        ctx.services.enrollment.create_join_token,
+        ctx.principal,
+        ctx.request.path_params["name"],
+        request_id=ctx.request_id,
+    )
+    return await _detail_page(ctx, join_token=token, status=201)
 
 
 @page
@@ -88,5 +116,6 @@ def routes() -> list[BaseRoute]:
         Route("/servers", server_list, methods=["GET"]),
         Route("/servers", server_add, methods=["POST"]),
         Route("/servers/{name}", server_detail, methods=["GET"]),
+        Route("/servers/{name}/token", server_token, methods=["POST"]),
         Route("/servers/{name}/delete", server_delete, methods=["POST"]),
     ]
