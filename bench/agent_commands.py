@@ -190,7 +190,7 @@ async def main_async(root: Path) -> dict[str, Any]:
     port = await gateway.start()
     agent_id, config = enroll_agent(services, root, port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNDRA_")}
-    agent = subprocess.Popen(  # noqa: ASYNC220 - started once, stopped by pid below
+    agent = subprocess.Popen(
         [sys.executable, "-m", "tundra", "agent", "run", "--config", str(config)],
         env=env,
         stderr=(root / "agent.log").open("wb"),

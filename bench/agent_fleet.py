@@ -46,7 +46,7 @@ from tundra.agent.v1 import agent_pb2
 from tundra.core.home import initialize
 from tundra.core.principal import SYSTEM
 from tundra.core.services import Services
-from tundra.core.settings import Settings, load_settings
+from tundra.core.settings import load_settings
 
 AGENTS = int(os.environ.get("BENCH_AGENTS", "1000"))
 HEARTBEAT = int(os.environ.get("BENCH_HEARTBEAT", "5"))

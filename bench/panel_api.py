@@ -59,8 +59,9 @@ def wait_for(port: int, ca: Path, process: subprocess.Popen[bytes], path: str = 
 
 def tundra_env(home: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNDRA_")}
-    env.update(TUNDRA_HOME=str(home), TUNDRA_PASSWORD_PROFILE="test",  # noqa: S106 - a profile
-               TUNDRA_PANEL_LISTEN=f"127.0.0.1:{port}", TUNDRA_REDIRECT_LISTEN="", TUNDRA_GATEWAY_LISTEN="",
+    env.update(TUNDRA_HOME=str(home), TUNDRA_PASSWORD_PROFILE="test",
+               TUNDRA_PANEL_LISTEN=f"127.0.0.1:{port}", TUNDRA_REDIRECT_LISTEN="",
+               TUNDRA_GATEWAY_LISTEN="",
                TUNDRA_PUBLIC_HTTPS_PORT=str(port))
     return env
 

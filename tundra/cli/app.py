@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tls": ("tundra.cli.tls", "Inspect and renew the panel's TLS certificate."),
     "ca": ("tundra.cli.ca", "Inspect and rotate the internal CA that signs agent certificates."),
     "agent": ("tundra.cli.agent", "Enroll and run the agent on a managed host; revoke an agent."),
+    "acceptance": ("tundra.cli.acceptance", "Prove a live deployment meets the security spec."),
     "completions": ("tundra.cli.completions", "Print the shell completion script."),
 }
 

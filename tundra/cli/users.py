@@ -78,7 +78,11 @@ def add(
     name: NameArgument,
     admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
     acceptance: Annotated[
-        bool, typer.Option("--acceptance", help="The account `tundra acceptance run` logs in with.")
+        bool,
+        typer.Option(
+            "--acceptance",
+            help="A low-privilege account (never an administrator) for `tundra acceptance run`.",
+        ),
     ] = False,
     password_stdin: PasswordStdin = False,
     generate_password: Annotated[
@@ -90,9 +94,15 @@ def add(
     user = services().users.add(
         principal(), name=name, password=password, is_admin=admin, is_acceptance=acceptance
     )
-    success(f"user {user.name} created" + (" (administrator)" if user.is_admin else ""))
+    role = " (administrator)" if user.is_admin else " (acceptance)" if user.is_acceptance else ""
+    success(f"user {user.name} created{role}")
     if generated:
         _show_generated(user.name, password)
+    if user.is_acceptance:
+        info(
+            f"use it with: tundra acceptance run --url URL --user {user.name}"
+            " --password-env VAR (the password in the variable VAR)"
+        )
 
 
 @app.command("list", epilog="Example: tundra user list --json")
@@ -104,11 +114,12 @@ def list_(as_json: JsonOption = False) -> None:
         return
     print_table(
         "Users",
-        ["name", "admin", "TOTP", "status", "created"],
+        ["name", "admin", "acceptance", "TOTP", "status", "created"],
         [
             (
                 u.name,
                 "yes" if u.is_admin else "",
+                "yes" if u.is_acceptance else "",
                 "yes" if u.totp_enrolled else "",
                 "disabled" if u.disabled else "enabled",
                 u.created_at[:19],

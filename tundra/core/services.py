@@ -14,6 +14,7 @@ from tundra.core.storage.db import Database, open_database
 from tundra.core.storage.kv import KV, open_kv
 
 if TYPE_CHECKING:
+    from tundra.core.acceptance.service import AcceptanceService
     from tundra.core.agents.commands import CommandService
     from tundra.core.agents.enrollment import EnrollmentService
     from tundra.core.agents.registry import AgentRegistry
@@ -134,6 +135,12 @@ class Services:
         from tundra.core.audit.service import AuditService
 
         return AuditService(self)
+
+    @cached_property
+    def acceptance(self) -> AcceptanceService:
+        from tundra.core.acceptance.service import AcceptanceService
+
+        return AcceptanceService(self)
 
     def close(self) -> None:
         for name in ("keys", "db", "kv"):

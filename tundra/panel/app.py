@@ -76,16 +76,33 @@ def http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    from tundra.panel import api, pages
+    from tundra.panel import api, enroll, pages
+    from tundra.panel.pages import acceptance as acceptance_pages
 
-    return [Route("/healthz", healthz), Route("/readyz", readyz), *api.routes(), *pages.routes()]
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        *api.routes(),
+        *enroll.routes(),
+        *pages.routes(),
+        *acceptance_pages.routes(),
+    ]
 
 
 def create_app(services: Services) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        services.close()
+        # Acceptance runs started from the panel replay a real signed command through the
+        # agent's own guard (AG-06); core cannot import the agent package, so the panel lends it.
+        from tundra.agent.guard import CommandGuard
+        from tundra.core.acceptance.checks.agent import install_command_guard
+
+        previous = install_command_guard(CommandGuard)
+        try:
+            yield
+        finally:
+            install_command_guard(previous)
+            services.close()
 
     app = Starlette(
         routes=routes(),

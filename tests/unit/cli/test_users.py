@@ -26,20 +26,19 @@ def test_add_with_password_stdin(services, env) -> None:
     assert PASSWORD not in result.output
 
 
-def test_add_admin_and_acceptance(services, env) -> None:
+def test_add_an_acceptance_account(services, env) -> None:
     result = run(
         env,
         "user",
         "add",
         "carol",
-        "--admin",
         "--acceptance",
         "--password-stdin",
         stdin="carol's long passphrase\n",
     )
     assert result.exit_code == 0, result.stderr
     carol = services.users.get("carol")
-    assert carol.is_admin
+    assert not carol.is_admin  # a low-privilege account: --admin with --acceptance is refused
     assert carol.is_acceptance
 
 

@@ -185,6 +185,13 @@ class UserService:
     ) -> User:
         require_admin(self._services, principal, request_id=request_id)
         validate_name(name)
+        if is_acceptance and is_admin:
+            # The acceptance run proves what an ordinary account can and cannot do, and its
+            # password sits in a CI secret: it must never be able to administer anything.
+            raise InvalidInput(
+                "an acceptance account cannot be an administrator",
+                hint="create it without --admin",
+            )
         check_password_policy(name, password)
         # Hash before the transaction: a write lock must not be held for an Argon2 run.
         password_hash = self._services.passwords.hash(password)

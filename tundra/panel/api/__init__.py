@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from tundra.panel.api import audit, servers, tokens
+from tundra.panel.api import acceptance, audit, servers, tokens
 from tundra.panel.api.endpoint import Endpoint, handler, json_response
 from tundra.panel.api.schemas import ref
 
@@ -44,6 +44,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *servers.ENDPOINTS,
     *tokens.ENDPOINTS,
     *audit.ENDPOINTS,
+    *acceptance.ENDPOINTS,
     OPENAPI,
 )
 
