@@ -52,7 +52,7 @@ def compare(mine: Callable[[], object], base: Callable[[], object]) -> tuple[flo
 
 
 def _services(home: Path) -> Services:
-    settings = Settings(home=home, password_profile="test")  # noqa: S106 - a profile name
+    settings = Settings(home=home, password_profile="test")
     make_private_dir(home)
     settings.sqlite_path.touch(mode=0o600)
     services = build_services(settings)

@@ -55,7 +55,7 @@ def measure(services: Services, label: str) -> dict[str, Any]:
     if services.settings.database_url == "":
         services.settings.sqlite_path.touch(mode=0o600)
     services.db.migrate()
-    password = "bench password 1234"  # noqa: S105 - a throwaway user in a temporary home
+    password = "bench password 1234"
     services.users.add(SYSTEM, name="bench", password=password, is_admin=True)
     created = [services.tokens.create(SYSTEM, name=f"t{i}", scopes=["servers:read"],
                                       owner="bench") for i in range(TOKENS)]
@@ -108,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         make_private_dir(home)
-        services = Services(Settings(home=home, password_profile="test"))  # noqa: S106
+        services = Services(Settings(home=home, password_profile="test"))
         try:
             results.append(measure(services, "sqlite"))
         finally:
@@ -118,7 +118,7 @@ def main() -> None:
                 pg_home = Path(tmp) / "pg-home"
                 make_private_dir(pg_home)
                 settings = Settings(home=pg_home, database_url=url,
-                                    password_profile="test")  # noqa: S106 - a profile name
+                                    password_profile="test")
                 services = Services(settings)
                 try:
                     results.append(measure(services, "postgresql"))
