@@ -58,6 +58,11 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 
 
+#: Commands that do no I/O and finish in microseconds: the daemon runs them on its event loop
+#: instead of paying a hand-off to a worker thread. Everything else runs on a worker.
+INLINE_TYPES: frozenset[str] = frozenset({"ping"})
+
+
 def execute(command: Command) -> dict[str, Any]:
     """Carry out a verified command; its JSON-able result, or CommandFailed/InvalidInput."""
     # The guard validated type and payload already; checking again costs nothing and keeps

@@ -277,6 +277,13 @@ def test_session_hello_heartbeats_commands_and_replay(setup: Callable[..., Setup
         assert refused.status == Status.STATUS_REFUSED
         assert refused.error.startswith("audience")
 
+        # ping runs on the event loop; facts (it reads /proc and the disks) on a worker thread.
+        facts = s.gateway.sign(s.config.agent_id, "facts")
+        session.outbox.put(agent_pb2.ControlMessage(command=facts))
+        answered = wait_for(lambda: len(session.results()) == 4 and session.results()[3], "4th")
+        assert answered.status == Status.STATUS_SUCCEEDED, answered.error
+        assert json.loads(answered.output_json)["cpu_count"] >= 1
+
         wait_for(lambda: len(session.heartbeats()) >= 2, "two heartbeats", timeout=5)
     finally:
         elapsed = stop(daemon, thread)
