@@ -108,7 +108,9 @@ class CredentialSource:
     def _reload_locked(self, now: float) -> bool:
         stamp = _stamp(self._watched())
         pems = self._load()
-        self._loaded_at = now
+        # The files were just looked at: the next stat is due a whole interval from now (not
+        # from 0, which on a host up longer than the interval would mean "at once").
+        self._loaded_at = self._statted_at = now
         self._stamp = stamp
         if pems == self._pems:
             return False

@@ -285,8 +285,14 @@ class KeyService:
             )
         try:
             cipher = self.cipher(term, table, column)
-        except KeyMaterialError as exc:
+        except DecryptionFailed as exc:
             raise self._failed(table, column, row_id, exc.message) from None
+        except KeyMaterialError as exc:
+            # The key itself is the problem (a wrong mode, a missing file): its own message and
+            # fix, not "restore the row from a backup".
+            raise DecryptionFailed(
+                f"cannot decrypt {table}.{column} of row {row_id}: {exc.message}", hint=exc.hint
+            ) from None
         with self._lock:
             self._openers[(cipher.header, table, column)] = cipher
         return cipher

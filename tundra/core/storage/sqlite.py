@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,7 +18,18 @@ BUSY_TIMEOUT_MS = 60_000
 
 
 def connect_sqlite(path: str | Path) -> sqlite3.Connection:
-    """A connection with Tundra's pragmas: WAL, full sync, foreign keys, a long busy timeout."""
+    """A connection with Tundra's pragmas: WAL, full sync, foreign keys, a long busy timeout.
+
+    A database file that does not exist yet is created private (0600) first: SQLite would create
+    it with the umask's mode (0644 as a rule), and its -wal and -shm files copy that mode.
+    """
+    if str(path) != ":memory:" and not str(path).startswith("file:"):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot create the SQLite database {path}: {exc}") from exc
     try:
         conn = sqlite3.connect(
             str(path),

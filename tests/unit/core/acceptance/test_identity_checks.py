@@ -274,7 +274,7 @@ def expect_failure(
 
 def test_id01_fails_without_samesite(broken: Callable[..., Any]) -> None:
     result = expect_failure(broken, "ID-01", wrap=DropSameSite)
-    assert "SameSite=None, not Strict" in result.summary
+    assert "has no SameSite attribute" in result.summary
 
 
 def test_id01_fails_on_a_cookie_over_http(broken: Callable[..., Any]) -> None:

@@ -467,7 +467,7 @@ def test_a_fresh_home_passes_and_a_world_readable_database_fails(services: Servi
         ("kv.db", 0o644, "(0644) is world-readable"),
         ("tundra.toml", 0o664, "(0664) is world-readable"),
         ("checkpoints", 0o751, "(directory, 0751) is open to every user"),
-        ("checkpoints/1.note", 0o666, "(0666) is world-readable"),
+        ("checkpoints/1.note", 0o666, "(0666) is group/world-writable"),  # public, not writable
         ("tls/panel.key", 0o620, "(0620) is group/world-writable"),
     ],
 )

@@ -809,7 +809,11 @@ def _cookie_problems(cookie: SetCookie, *, session: bool) -> list[str]:
     if not cookie.http_only:
         problems.append(f"the session cookie {name} is not HttpOnly")
     if (cookie.same_site or "").lower() != "strict":
-        problems.append(f"the session cookie {name} has SameSite={cookie.same_site!r}, not Strict")
+        problems.append(
+            f"the session cookie {name} has SameSite={cookie.same_site}, not Strict"
+            if cookie.same_site
+            else f"the session cookie {name} has no SameSite attribute (must be Strict)"
+        )
     if cookie.path != "/":
         problems.append(f"the session cookie {name} has Path={cookie.path!r}, not /")
     if "domain" in cookie.attributes:

@@ -78,7 +78,8 @@ SYSTEM_UNIT_DIRS: Final = (
 )
 LOG_DIRS: Final = (Path("/var/log/tundra"),)
 #: File names in $TUNDRA_HOME that may be world-readable: certificates and verification keys.
-PUBLIC_SUFFIXES: Final = (".crt", ".vkey")
+#: Public by design: certificates, the checkpoint verifier key, signed checkpoint notes.
+PUBLIC_SUFFIXES: Final = (".crt", ".vkey", ".note")
 
 
 @dataclass(frozen=True, slots=True)
