@@ -226,6 +226,12 @@ class Gateway:
 
     # -- sessions (called by the servicer) -------------------------------------------------
 
+    def _welcome_material(self) -> tuple[list[tuple[str, bytes]], bytes]:
+        """Command keys and the CA bundle as they are now in the database, not as the TLS
+        credentials cached them: an agent connecting just after `tundra ca rotate` must learn
+        the new root in this very Welcome."""
+        return self.services.command_signer.public_keys(), self.services.pki.ca_bundle_pem()
+
     async def open_session(
         self, caller: Caller, hello: agent_pb2.Hello
     ) -> tuple[LiveSession, agent_pb2.Welcome]:
@@ -240,15 +246,14 @@ class Gateway:
                 hostname=hello.facts.hostname[:MAX_TEXT],
                 facts=facts_dict(hello.facts),
             )
-            keys = await self.pool(self.services.command_signer.public_keys)
+            keys, bundle = await self.pool(self._welcome_material)
         except BaseException:
             self.session_ended(session)
             raise
-        assert self._credentials is not None
         welcome = agent_pb2.Welcome(
             agent_id=caller.agent_id,
             heartbeat_seconds=self.services.settings.agent_heartbeat_seconds,
-            ca_bundle_pem=self._credentials.ca_bundle,
+            ca_bundle_pem=bundle,
             command_keys=[agent_pb2.CommandKey(key_id=k, public_key=p) for k, p in keys],
         )
         event(
