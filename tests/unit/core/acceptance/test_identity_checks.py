@@ -39,6 +39,7 @@ from panelfixtures import (
 )
 
 from tundra.core.acceptance.checks import identity
+from tundra.core.acceptance.checks.identity import failed_logins
 from tundra.core.acceptance.context import RunContext, RunOptions
 from tundra.core.acceptance.model import Outcome, Status
 from tundra.core.services import Services
@@ -221,7 +222,7 @@ def test_one_source_address_locally_cleans_up_after_itself(
 ) -> None:
     """A target that is not IPv4 loopback: every attempt comes from the runner's address.
     ID-04 stays under the limit, ID-05 locks the address, and --local removes both."""
-    monkeypatch.setattr(identity, "spare_loopback_source", lambda: None)
+    monkeypatch.setattr(failed_logins, "spare_loopback_source", lambda: None)
     ctx = RunContext(panel.options(local=True))
     enumeration = identity_run(ctx, "ID-04")
     assert_status(enumeration, Status.PASS)
@@ -237,7 +238,7 @@ def test_one_source_address_locally_cleans_up_after_itself(
 def test_one_source_address_remotely_stays_locked_and_says_so(
     panel: Panel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(identity, "spare_loopback_source", lambda: None)
+    monkeypatch.setattr(failed_logins, "spare_loopback_source", lambda: None)
     throttled = outcome("ID-05", panel.options(local=False))
     assert_status(throttled, Status.PASS)
     assert throttled.evidence["unlocked"] is False
