@@ -34,6 +34,7 @@ from tundra.agent.state import AgentState, load_certificates, public_key_der
 from tundra.agent.v1 import agent_pb2
 from tundra.core.crypto.primitives import constant_time_equal
 from tundra.core.errors import AgentRefused, ConfigError, InvalidFile, InvalidInput
+from tundra.core.pki import x509 as x
 
 #: Content type of both enrollment bodies (see the proto).
 PROTOBUF = "application/x-protobuf"
@@ -110,24 +111,6 @@ def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes, bytes]:
     return key, key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
-def fingerprint(cert: x509.Certificate) -> str:
-    """SHA-256 of the certificate's DER, lowercase hex (the join token's pin format)."""
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def agent_id_in(cert: x509.Certificate) -> str | None:
-    """The agent id of ``spiffe://tundra/agent/<id>``, the certificate's only SAN."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    prefix = "spiffe://tundra/agent/"
-    if len(list(san)) != 1 or len(uris) != 1 or not uris[0].startswith(prefix):
-        return None
-    return uris[0][len(prefix) :]
-
-
 def check_issued(
     cert_pem: bytes, ca_bundle_pem: bytes, *, key: ec.EllipticCurvePrivateKey, agent_id: str
 ) -> x509.Certificate:
@@ -137,7 +120,7 @@ def check_issued(
     cas = load_certificates(ca_bundle_pem, source="the CA bundle")
     if public_key_der(cert) != public_key_der(key.public_key()):
         raise InvalidFile("the issued certificate is not for this agent's key")
-    if agent_id_in(cert) != agent_id:
+    if x.agent_id_from_cert(cert) != agent_id:
         raise InvalidFile(f"the issued certificate does not name agent {agent_id}")
     for ca in cas:
         try:
@@ -236,7 +219,7 @@ def fetch_pinned_ca(
         certs = []
     if not certs:
         raise ConfigError(f"{panel.url}/agent/v1/ca.pem did not return a PEM certificate")
-    prints = [fingerprint(c) for c in certs]
+    prints = [x.fingerprint(c) for c in certs]
     # Compare against every entry (no early exit) so timing says nothing about which matched.
     matches = [constant_time_equal(p, pin.lower()) for p in prints]
     if not any(matches):
@@ -351,9 +334,9 @@ def _store(
         response.certificate_pem, response.ca_bundle_pem, key=key, agent_id=response.agent_id
     )
     ca_prints = [
-        fingerprint(c) for c in load_certificates(response.ca_bundle_pem, source="CA bundle")
+        x.fingerprint(c) for c in load_certificates(response.ca_bundle_pem, source="CA bundle")
     ]
-    if fingerprint(pinned) not in ca_prints:
+    if x.fingerprint(pinned) not in ca_prints:
         raise InvalidFile("the panel's CA bundle does not contain the CA the token pins")
     try:
         split_host_port(response.gateway_address)

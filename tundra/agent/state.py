@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tundra.agent.config import AgentConfig
@@ -39,6 +39,7 @@ from tundra.core.crypto.primitives import (
     write_secret_file,
 )
 from tundra.core.errors import ConfigError, InvalidFile
+from tundra.core.pki import x509 as x
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -370,7 +371,7 @@ def agent_status(
     cas: list[str] = []
     with contextlib.suppress(ConfigError, InvalidFile, OSError):
         cas = [
-            c.fingerprint(hashes.SHA256()).hex()
+            x.fingerprint(c)
             for c in load_certificates(state.ca_path.read_bytes(), source=state.ca_path)
         ]
     key_ids: list[str] = []
