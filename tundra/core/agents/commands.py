@@ -25,6 +25,7 @@ from tundra.core.agents.envelope import build_envelope, validate_payload
 from tundra.core.audit.actions import Action
 from tundra.core.clock import from_iso, now, now_iso, to_iso
 from tundra.core.errors import AgentRefused, Conflict, InvalidInput, NotFound
+from tundra.core.identity.scopes import require_server
 from tundra.core.principal import SYSTEM, Principal, PrincipalKind
 from tundra.core.storage.db import Row
 from tundra.core.uow import UnitOfWork, unit_of_work
@@ -187,7 +188,9 @@ class CommandService:
         deliver: bool,
     ) -> tuple[CommandRecord, QueuedCommand]:
         normalized = validate_payload(type, {} if payload is None else payload)
-        self._require(principal, "servers:write", server_name, request_id=request_id)
+        require_server(
+            self._services, principal, "servers:write", server_name, request_id=request_id
+        )
         agent_id = self._active_agent(server_name)
         command, envelope = build_envelope(
             agent_id=agent_id,
@@ -288,7 +291,9 @@ class CommandService:
         record = self._find(command_id)
         if record is None:
             raise NotFound(f"no command {command_id!r}")
-        self._require(principal, "servers:read", record.server_name, request_id=request_id)
+        require_server(
+            self._services, principal, "servers:read", record.server_name, request_id=request_id
+        )
         return record
 
     # -- the gateway -----------------------------------------------------------------------
@@ -397,13 +402,6 @@ class CommandService:
             raise refusal
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _require(
-        self, principal: Principal, scope: str, name: str, *, request_id: str | None
-    ) -> None:
-        from tundra.core.identity.scopes import require
-
-        require(self._services, principal, scope, ("server", name), request_id=request_id)
 
     def _active_agent(self, server_name: str) -> str:
         # SQL on the agents table (migration 0004) rather than the registry's internals.

@@ -26,6 +26,7 @@ from tundra.core.agents.models import (
 from tundra.core.audit.actions import Action
 from tundra.core.clock import now_iso, to_iso
 from tundra.core.errors import AgentRefused, InvalidInput, NotFound
+from tundra.core.identity.scopes import require_server
 from tundra.core.principal import Principal
 from tundra.core.uow import UnitOfWork, record_only, unit_of_work
 
@@ -61,24 +62,11 @@ class AgentRegistry:
         self._dns_lock = threading.Lock()
         self._cidrs: tuple[str, Networks] | None = None
 
-    def _require(
-        self, principal: Principal, scope: str, name: str | None, *, request_id: str | None = None
-    ) -> None:
-        from tundra.core.identity.scopes import require
-
-        require(
-            self._services,
-            principal,
-            scope,
-            ("server", name) if name else None,
-            request_id=request_id,
-        )
-
     # -- operator views ------------------------------------------------------------------------
 
     def list(self, principal: Principal) -> list[Agent]:
         """Every agent (active and revoked) of the servers ``principal`` may see."""
-        self._require(principal, "servers:read", None)
+        require_server(self._services, principal, "servers:read", None)
         with self._services.db.read() as tx:
             rows = tx.fetchall(_AGENT_SELECT + " ORDER BY s.name, a.enrolled_at DESC")
         agents = [Agent.from_row(row) for row in rows]
@@ -89,7 +77,7 @@ class AgentRegistry:
 
     def for_server(self, principal: Principal, server_name: str) -> Agent | None:
         """The server's active agent, else its newest one; None when none ever enrolled."""
-        self._require(principal, "servers:read", server_name)
+        require_server(self._services, principal, "servers:read", server_name)
         with self._services.db.read() as tx:
             if tx.fetchval("SELECT id FROM servers WHERE name = :n", {"n": server_name}) is None:
                 raise NotFound(f"no server named {server_name!r}", hint="see `tundra server list`")
@@ -330,7 +318,9 @@ class AgentRegistry:
     ) -> Agent:
         """Revoke the server's active agent and every certificate it holds, at once: its next
         RPC is refused. servers:write on the server; audited."""
-        self._require(principal, "servers:write", server_name, request_id=request_id)
+        require_server(
+            self._services, principal, "servers:write", server_name, request_id=request_id
+        )
         moment = now_iso()
         with unit_of_work(self._services.db, principal, request_id=request_id) as uow:
             row = uow.fetchone(

@@ -20,6 +20,7 @@ from tundra.core.audit.actions import Action
 from tundra.core.clock import now_iso
 from tundra.core.crypto.primitives import new_id
 from tundra.core.errors import AlreadyExists, InvalidInput, NotFound
+from tundra.core.identity.scopes import require_server
 from tundra.core.principal import Principal
 from tundra.core.storage.db import Row, UniqueViolation
 from tundra.core.uow import UnitOfWork, unit_of_work
@@ -159,24 +160,6 @@ class ServerService:
     def __init__(self, services: Services) -> None:
         self._services = services
 
-    def _require(
-        self,
-        principal: Principal,
-        scope: str,
-        name: str | None = None,
-        *,
-        request_id: str | None = None,
-    ) -> None:
-        from tundra.core.identity.scopes import require
-
-        require(
-            self._services,
-            principal,
-            scope,
-            ("server", name) if name else None,
-            request_id=request_id,
-        )
-
     def _heartbeat(self) -> int:
         return self._services.settings.agent_heartbeat_seconds
 
@@ -189,7 +172,7 @@ class ServerService:
     def list(
         self, principal: Principal, *, tag: str | None = None, request_id: str | None = None
     ) -> list[Server]:
-        self._require(principal, "servers:read", request_id=request_id)
+        require_server(self._services, principal, "servers:read", request_id=request_id)
         with self._services.db.read() as tx:
             rows = tx.fetchall(_SERVER_SELECT + " ORDER BY s.name")
         heartbeat = self._heartbeat()
@@ -199,7 +182,7 @@ class ServerService:
         return self._visible(principal, servers)
 
     def get(self, principal: Principal, name: str, *, request_id: str | None = None) -> Server:
-        self._require(principal, "servers:read", name, request_id=request_id)
+        require_server(self._services, principal, "servers:read", name, request_id=request_id)
         with self._services.db.read() as tx:
             row = tx.fetchone(_SERVER_SELECT + " WHERE s.name = :name", {"name": name})
         if row is None:
@@ -219,7 +202,7 @@ class ServerService:
         """Add a server; with ``join_token`` also its first join token, in the same unit of
         work (``Server.join_token``, shown once)."""
         validate_name(name)
-        self._require(principal, "servers:write", name, request_id=request_id)
+        require_server(self._services, principal, "servers:write", name, request_id=request_id)
         now = now_iso()
         server = Server(
             id=new_id(),
@@ -266,7 +249,7 @@ class ServerService:
         tags: Sequence[str] | None = None,
         request_id: str | None = None,
     ) -> Server:
-        self._require(principal, "servers:write", name, request_id=request_id)
+        require_server(self._services, principal, "servers:write", name, request_id=request_id)
         changes: dict[str, Any] = {}
         if address is not None:
             changes["address"] = validate_address(address)
@@ -306,7 +289,7 @@ class ServerService:
         Its agents are revoked with every certificate they hold in the same unit of work, so a
         connected agent is refused from its next call.
         """
-        self._require(principal, "servers:write", name, request_id=request_id)
+        require_server(self._services, principal, "servers:write", name, request_id=request_id)
         self._services.reauth.require_fresh_auth(principal)
         with unit_of_work(self._services.db, principal, request_id=request_id) as uow:
             row = uow.fetchone("SELECT * FROM servers WHERE name = :name", {"name": name})

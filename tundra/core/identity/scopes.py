@@ -108,3 +108,21 @@ def require(
         )
         raise PermissionDenied(f"this token does not allow {what}")
     raise PermissionDenied(f"{principal.actor} is not allowed {what}")
+
+
+def require_server(
+    services: Services,
+    principal: Principal,
+    scope: str,
+    server_name: str | None = None,
+    *,
+    request_id: str | None = None,
+) -> None:
+    """:func:`require` for a servers scope, on one named server when ``server_name`` is given."""
+    require(
+        services,
+        principal,
+        scope,
+        ("server", server_name) if server_name else None,
+        request_id=request_id,
+    )
